@@ -1,0 +1,95 @@
+"""Command line: `python -m mochi_runtime generate|write-tiny ...`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .validation import GenerationRequest, RequestError
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    d = GenerationRequest(prompt="")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--frames", type=int, default=d.num_frames, help="6k+1 frames (default %(default)s)")
+    p.add_argument("--height", type=int, default=d.height)
+    p.add_argument("--width", type=int, default=d.width)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--guidance", type=float, default=d.guidance)
+    p.add_argument("--seed", type=int, default=d.seed)
+
+
+def request_from_args(a: argparse.Namespace) -> GenerationRequest:
+    return GenerationRequest(a.prompt, a.negative_prompt, a.frames, a.height, a.width, a.steps, a.guidance, a.seed)
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .pipeline import MochiPipeline
+    from .validation import Limits, validate
+    from .video import encode_mp4
+
+    limits = Limits(max_frames=10_000, max_pixels=4096 * 4096, max_steps=1000)
+    request = validate(request_from_args(a), limits)
+    t0 = time.perf_counter()
+    pipe = MochiPipeline.from_dir(a.model_dir, device=a.device, dtype=a.dtype, attention=a.attention, limits=limits)
+    load_s = time.perf_counter() - t0
+    bar = tqdm(total=request.steps, desc="denoise", unit="step", disable=a.quiet)
+
+    def on_step(i: int, total: int) -> None:
+        bar.update(1)
+
+    result = pipe.generate(request, on_step=on_step)
+    bar.close()
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t1 = time.perf_counter()
+    codec = encode_mp4(result.frames, out)
+    result.times["encode"] = time.perf_counter() - t1
+    print(f"load {load_s:.2f}s  {result.times.summary()}  ({codec}, {result.frames.shape[0]} frames "
+          f"{request.width}x{request.height})", file=sys.stderr)
+    print(out.resolve())
+    return 0
+
+
+def cmd_write_tiny(a: argparse.Namespace) -> int:
+    from .tiny import write_tiny_checkpoint
+
+    print(write_tiny_checkpoint(a.out, a.layout))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ap = argparse.ArgumentParser(prog="python -m mochi_runtime", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    g = sub.add_parser("generate", help="text -> mp4 in this process (embedded tiny model by default)")
+    add_generation_args(g)
+    g.add_argument("--model-dir", default=None, help="official or diffusers-layout checkpoint (default: embedded tiny)")
+    g.add_argument("--out", default="video.mp4")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    g.add_argument("--attention", default="auto")
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(fn=cmd_generate)
+
+    w = sub.add_parser("write-tiny", help="write a tiny random-weight checkpoint")
+    w.add_argument("--out", required=True)
+    w.add_argument("--layout", default="official", choices=["official", "diffusers"])
+    w.set_defaults(fn=cmd_write_tiny)
+
+    a = ap.parse_args(argv)
+    try:
+        return a.fn(a)
+    except RequestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

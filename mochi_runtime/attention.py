@@ -1,0 +1,172 @@
+"""Attention kernels and the joint visual+text attention of Mochi's blocks.
+
+Every attention in the DiT goes through `attend` (output only) or
+`attend_with_lse` (output and log-sum-exp, which ring attention needs to merge
+partial results). The kernel is picked once per call from a `kernel` name, so
+the model never branches on hardware itself.
+
+Joint attention is a pluggable object (`JointAttention`): the block computes
+Q/K/V and hands them over; the single-process version lives here, the
+sequence-parallel one in `mochi_runtime.parallel.usp`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+KERNELS = ("auto", "sdpa", "cudnn", "flash", "efficient", "math", "flash_attn")
+
+try:  # optional dependency
+    import flash_attn  # type: ignore  # noqa: F401
+
+    HAVE_FLASH_ATTN = True
+except Exception:  # pragma: no cover - depends on environment
+    HAVE_FLASH_ATTN = False
+
+
+def resolve_kernel(kernel: str, device: torch.device) -> str:
+    """Turn `auto` into a concrete kernel for this device."""
+    if kernel not in KERNELS:
+        raise ValueError(f"attention kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel != "auto":
+        return kernel
+    if device.type != "cuda":
+        return "sdpa"  # exact fp32 flash kernel for CPU: O(S) memory
+    major, _ = torch.cuda.get_device_capability(device)
+    if major >= 9:
+        return "cudnn"  # fastest SDPA backend measured on Hopper
+    return "flash_attn" if HAVE_FLASH_ATTN else "flash"
+
+
+def _sdpa_backend(kernel: str):
+    from torch.nn.attention import SDPBackend
+
+    return {
+        "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
+        "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
+        "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+    }[kernel]
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str = "auto") -> torch.Tensor:
+    """Unmasked attention on [B, H, S, D] tensors."""
+    kernel = resolve_kernel(kernel, q.device)
+    if kernel == "flash_attn":
+        from flash_attn import flash_attn_func  # type: ignore
+
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
+    if kernel in ("cudnn", "flash", "efficient") and q.is_cuda:
+        from torch.nn.attention import sdpa_kernel
+
+        with sdpa_kernel(_sdpa_backend(kernel)):
+            return F.scaled_dot_product_attention(q, k, v)
+    if kernel == "math":
+        return attend_with_lse(q, k, v, "math")[0]
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def attend_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention returning (out [B,H,S,D], lse [B,H,S] in fp32)."""
+    kernel = resolve_kernel(kernel, q.device)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if q.is_cuda and kernel == "flash_attn":
+        from flash_attn import flash_attn_func  # type: ignore
+
+        out, lse, _ = flash_attn_func(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), return_attn_probs=True
+        )
+        return out.transpose(1, 2), lse.float()
+    if q.is_cuda and kernel in ("cudnn", "sdpa"):
+        out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
+            q, k, v, None, True, 0.0, False, False, scale=scale
+        )[:2]
+        return out, lse.float().reshape(q.shape[:3])
+    if q.is_cuda and kernel == "flash":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
+        return out, lse.float()
+    if q.is_cuda and kernel == "efficient":
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+            q, k, v, None, True, 0.0, False, scale=scale
+        )[:2]
+        return out, lse.float()[..., : q.shape[2]]
+    if not q.is_cuda and kernel == "sdpa":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scale)
+        return out, lse.float()
+    # Exact math kernel (forced): fp32 scores, exact log-sum-exp; O(S^2) memory, for checks.
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse.unsqueeze(-1))
+    out = torch.matmul(probs, v.float()).to(q.dtype)
+    return out, lse
+
+
+def merge_partials(
+    out: torch.Tensor | None, lse: torch.Tensor | None, block_out: torch.Tensor, block_lse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine two partial softmax-attention results over disjoint key sets.
+
+    `out` is kept in fp32 while accumulating; lse tensors are [B,H,S] fp32.
+    """
+    block_out = block_out.float()
+    if out is None or lse is None:
+        return block_out, block_lse
+    new_lse = torch.logaddexp(lse, block_lse)
+    out = out * torch.exp(lse - new_lse).unsqueeze(-1) + block_out * torch.exp(block_lse - new_lse).unsqueeze(-1)
+    return out, new_lse
+
+
+def valid_text_index(y_mask: torch.Tensor) -> list[torch.Tensor]:
+    """Indices of the valid text tokens of each sample (mask [B, L] bool)."""
+    return [torch.nonzero(m, as_tuple=False).flatten() for m in y_mask]
+
+
+def group_by_text(y_mask: torch.Tensor) -> list[tuple[list[int], torch.Tensor]]:
+    """Group samples whose valid text positions are identical, so each group is one kernel call."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    indices = valid_text_index(y_mask)
+    for b, idx in enumerate(indices):
+        groups.setdefault(tuple(idx.tolist()), []).append(b)
+    return [(members, indices[members[0]]) for members in groups.values()]
+
+
+class JointAttention(Protocol):
+    """Attention over [visual tokens, valid text tokens] for each sample.
+
+    Inputs are head-major: q_x/k_x/v_x [B, H, N, D], q_y/k_y/v_y [B, H, L, D],
+    y_mask [B, L] bool. Returns (out_x [B, H, N, D], out_y [B, H, L, D]); rows of
+    out_y at padded text positions are zero.
+    """
+
+    def __call__(self, q_x, k_x, v_x, q_y, k_y, v_y, y_mask) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class LocalJointAttention:
+    """Single-process joint attention: padded text tokens are dropped, not masked."""
+
+    def __init__(self, kernel: str = "auto") -> None:
+        self.kernel = kernel
+
+    def __call__(self, q_x, k_x, v_x, q_y, k_y, v_y, y_mask):
+        n = q_x.shape[2]
+        out_x = torch.empty_like(q_x)
+        out_y = torch.zeros_like(q_y)
+        for members, idx in group_by_text(y_mask):
+            sel = torch.tensor(members, device=q_x.device) if len(members) < q_x.shape[0] else slice(None)
+            q = torch.cat([q_x[sel], q_y[sel][:, :, idx]], dim=2)
+            k = torch.cat([k_x[sel], k_y[sel][:, :, idx]], dim=2)
+            v = torch.cat([v_x[sel], v_y[sel][:, :, idx]], dim=2)
+            o = attend(q, k, v, self.kernel)
+            out_x[sel] = o[:, :, :n]
+            if isinstance(sel, slice):
+                out_y[:, :, idx] = o[:, :, n:]
+            else:
+                rows = out_y[sel]
+                rows[:, :, idx] = o[:, :, n:]
+                out_y[sel] = rows
+        return out_x, out_y

@@ -1,0 +1,173 @@
+"""Text -> video in one process: T5, DiT denoising loop, VAE decode.
+
+`MochiPipeline.from_dir` loads either checkpoint layout (or the embedded tiny
+default when no directory is given) straight into the target device and dtype.
+The denoising loop takes a `Velocity` object, so the same pipeline drives a
+local DiT or a sequence-parallel worker group.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .attention import LocalJointAttention
+from .checkpoints import CheckpointError, ModelDir, load_module
+from .dit import AsymmDiT
+from .sampler import CFGVelocity, StepCallback, euler_sample, initial_noise, linear_quadratic_schedule
+from .text_encoder import TextEmbedding, TextEncoder
+from .timing import StageTimes
+from .validation import GenerationRequest, Limits, validate
+from .vae import VAEDecoder, frames_to_uint8
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {['auto', *DTYPES]}, got {name!r}")
+    return DTYPES[name]
+
+
+def open_model_dir(model_dir: str | Path | None) -> ModelDir:
+    if model_dir is None or str(model_dir) == "":
+        from .tiny import embedded_model_dir
+
+        return ModelDir.open(embedded_model_dir())
+    return ModelDir.open(model_dir)
+
+
+def load_dit(md: ModelDir, device: torch.device, dtype: torch.dtype, attention: str = "auto") -> AsymmDiT:
+    cfg = md.dit_config()
+    with torch.device("meta"):
+        dit = AsymmDiT(cfg)
+    source, rules = md.dit_source()
+    load_module(dit, source, rules, device, dtype, what=f"DiT ({md.root}, {md.layout})")
+    dit.joint_attention = LocalJointAttention(attention)
+    return dit.eval().requires_grad_(False)
+
+
+def load_vae(md: ModelDir, device: torch.device, dtype: torch.dtype) -> VAEDecoder:
+    cfg = md.vae_config()
+    with torch.device("meta"):
+        vae = VAEDecoder(cfg)
+    source, rules = md.vae_source()
+    load_module(vae, source, rules, device, dtype, what=f"VAE decoder ({md.root}, {md.layout})",
+                ignore_prefixes=("encoder.",))
+    return vae.eval().requires_grad_(False)
+
+
+def load_text_encoder(md: ModelDir, device: torch.device, dtype: torch.dtype | None = None,
+                      t5_dir: str | Path | None = None) -> TextEncoder:
+    if t5_dir is not None:
+        enc, tok = Path(t5_dir) / "text_encoder", Path(t5_dir) / "tokenizer"
+    else:
+        enc, tok = md.t5_paths()
+    return TextEncoder(enc, tok, device, dtype)
+
+
+@dataclass
+class GenerationResult:
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+    latents: torch.Tensor  # fp32 [1, 12, T, h, w] on CPU
+    times: StageTimes = field(default_factory=StageTimes)
+
+
+class Denoiser(Protocol):
+    """Runs the whole sampling loop for one request and returns fp32 latents on CPU."""
+
+    def denoise(self, request: GenerationRequest, cond: TextEmbedding, uncond: TextEmbedding,
+                on_step: StepCallback | None = None) -> torch.Tensor: ...
+
+
+def run_sampler(dit: AsymmDiT, request: GenerationRequest, cond: TextEmbedding, uncond: TextEmbedding,
+                on_step: StepCallback | None = None) -> torch.Tensor:
+    """Seeded noise -> Euler loop with CFG on one DiT; the reference every layout must reproduce."""
+    device = next(dit.parameters()).device
+    velocity = CFGVelocity(dit, cond.to(device), uncond.to(device), request.guidance)
+    z = initial_noise(request.seed, request.latent_shape).to(device)
+    with torch.inference_mode():
+        return euler_sample(velocity, z, linear_quadratic_schedule(request.steps), on_step).cpu()
+
+
+class LocalDenoiser:
+    def __init__(self, dit: AsymmDiT) -> None:
+        self.dit = dit
+
+    def denoise(self, request, cond, uncond, on_step=None) -> torch.Tensor:
+        return run_sampler(self.dit, request, cond, uncond, on_step)
+
+
+class MochiPipeline:
+    def __init__(self, text_encoder: TextEncoder, denoiser: Denoiser, vae: VAEDecoder, limits: Limits = Limits()):
+        self.text_encoder, self.denoiser, self.vae, self.limits = text_encoder, denoiser, vae, limits
+
+    @classmethod
+    def from_dir(
+        cls,
+        model_dir: str | Path | None = None,
+        device: str | torch.device | None = "auto",
+        dtype: str = "auto",
+        attention: str = "auto",
+        limits: Limits = Limits(),
+        denoiser: Denoiser | None = None,
+        t5_dir: str | Path | None = None,
+    ) -> "MochiPipeline":
+        """Load T5 and the VAE here; the DiT too unless a `denoiser` (e.g. a parallel group) is given."""
+        md = open_model_dir(model_dir)
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        te = load_text_encoder(md, dev, torch.float32 if dev.type == "cpu" else dt, t5_dir)
+        if denoiser is None:
+            dit = load_dit(md, dev, dt, attention)
+            check_text_width(te, dit.cfg.t5_feat_dim)
+            denoiser = LocalDenoiser(dit)
+        vae = load_vae(md, dev, dt)
+        return cls(te, denoiser, vae, limits)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    def encode_text(self, request: GenerationRequest) -> tuple[TextEmbedding, TextEmbedding]:
+        emb = self.text_encoder.encode([request.prompt, request.negative_prompt])
+        cond = TextEmbedding(emb.features[:1], emb.mask[:1])
+        uncond = TextEmbedding(emb.features[1:], emb.mask[1:])
+        return cond, uncond
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        video = self.vae.decode(latents.to(self.device))
+        return frames_to_uint8(video)[0].cpu().numpy()
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
+        request = validate(request, self.limits)
+        times = StageTimes()
+        dev = self.device
+        with times.stage("text", dev):
+            cond, uncond = self.encode_text(request)
+        with times.stage("denoise", dev):
+            latents = self.denoiser.denoise(request, cond, uncond, on_step)
+        with times.stage("decode", dev):
+            frames = self.decode(latents)
+        assert frames.shape == (request.num_frames, request.height, request.width, 3), frames.shape
+        return GenerationResult(frames, latents, times)
+
+
+def check_text_width(te: TextEncoder, t5_feat_dim: int) -> None:
+    if te.feature_dim != t5_feat_dim:
+        raise CheckpointError(f"T5 width {te.feature_dim} does not match the DiT's t5_feat_dim {t5_feat_dim}")

@@ -1,0 +1,90 @@
+"""Sigma schedule, classifier-free guidance and the Euler flow-matching loop.
+
+Latents, the Euler update and the CFG combination stay in fp32 whatever the
+model dtype. The initial noise comes from a seeded CPU generator, so one seed
+gives the same video on any device and any parallel layout.
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+
+from .text_encoder import TextEmbedding
+
+
+def linear_quadratic_schedule(steps: int, threshold_noise: float = 0.025) -> list[float]:
+    """Mochi's schedule: linear from 1 to 1-threshold for half the steps, quadratic to 0 after.
+
+    Returns steps + 1 sigmas, the last being 0.
+    """
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    if steps == 1:
+        return [1.0, 0.0]
+    linear_steps = steps // 2
+    quad_steps = steps - linear_steps
+    diff = linear_steps - threshold_noise * steps
+    quad_coef = diff / (linear_steps * quad_steps**2)
+    lin_coef = threshold_noise / linear_steps - 2 * diff / quad_steps**2
+    const = quad_coef * linear_steps**2
+    schedule = [i * threshold_noise / linear_steps for i in range(linear_steps)]
+    schedule += [quad_coef * i**2 + lin_coef * i + const for i in range(linear_steps, steps)]
+    return [1.0 - s for s in schedule] + [0.0]
+
+
+def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """fp32 standard normal noise from a CPU generator (device-independent)."""
+    gen = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn(shape, generator=gen, dtype=torch.float32)
+
+
+class Velocity(Protocol):
+    """The guided velocity at (z, sigma): fp32 tensor shaped like z."""
+
+    def __call__(self, z: torch.Tensor, sigma: float) -> torch.Tensor: ...
+
+
+def cfg_combine(v_uncond: torch.Tensor, v_cond: torch.Tensor, guidance: float) -> torch.Tensor:
+    return v_uncond.float() + guidance * (v_cond.float() - v_uncond.float())
+
+
+class CFGVelocity:
+    """Runs a DiT on the conditional and unconditional branches as one batch of 2."""
+
+    def __init__(self, dit: torch.nn.Module, cond: TextEmbedding, uncond: TextEmbedding | None, guidance: float):
+        self.dit, self.guidance = dit, guidance
+        self.use_cfg = uncond is not None and guidance != 1.0
+        if self.use_cfg:
+            assert uncond is not None
+            self.feats = torch.cat([uncond.features, cond.features])
+            self.mask = torch.cat([uncond.mask, cond.mask])
+        else:
+            self.feats, self.mask = cond.features, cond.mask
+
+    def __call__(self, z: torch.Tensor, sigma: float) -> torch.Tensor:
+        b = 2 if self.use_cfg else 1
+        x = z.expand(b, *z.shape[1:]) if self.use_cfg else z
+        s = torch.full((b,), sigma, dtype=torch.float32, device=z.device)
+        v = self.dit(x, s, self.feats, self.mask).float()
+        if not self.use_cfg:
+            return v
+        v_uncond, v_cond = v.chunk(2)
+        return cfg_combine(v_uncond, v_cond, self.guidance)
+
+
+StepCallback = Callable[[int, int], None]
+
+
+def euler_sample(
+    velocity: Velocity, z: torch.Tensor, sigmas: list[float], on_step: StepCallback | None = None
+) -> torch.Tensor:
+    """z_{i+1} = z_i + (sigma_i - sigma_{i+1}) * v(z_i, sigma_i), in fp32. on_step(i, total) may raise to stop."""
+    z = z.float()
+    total = len(sigmas) - 1
+    for i in range(total):
+        v = velocity(z, sigmas[i])
+        z = z + (sigmas[i] - sigmas[i + 1]) * v
+        if on_step is not None:
+            on_step(i + 1, total)
+    return z

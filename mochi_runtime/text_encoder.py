@@ -1,0 +1,67 @@
+"""T5-XXL prompt encoder (transformers' T5EncoderModel and its tokenizer).
+
+Prompts are padded to 256 tokens and the attention mask is returned with the
+embeddings; the DiT drops padded tokens itself. An empty prompt (the usual
+negative prompt) becomes zero ids with an all-false mask, as Genmo's code does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class TextEmbedding:
+    """T5 features [B, L, D] (fp32 on CPU or model dtype on GPU) and validity mask [B, L] bool."""
+
+    features: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        assert self.features.ndim == 3 and self.mask.shape == self.features.shape[:2], (
+            f"features {tuple(self.features.shape)} / mask {tuple(self.mask.shape)}"
+        )
+
+    def to(self, device) -> "TextEmbedding":
+        return TextEmbedding(self.features.to(device), self.mask.to(device))
+
+
+class TextEncoder:
+    def __init__(
+        self,
+        encoder_dir: str | Path,
+        tokenizer_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        max_length: int = 256,
+    ) -> None:
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        self.device = torch.device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        if self.device.type == "cpu" and dtype != torch.float32:
+            raise ValueError("T5 runs in fp32 on CPU")
+        self.dtype = dtype
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        self.model = T5EncoderModel.from_pretrained(str(encoder_dir), dtype=dtype).to(self.device).eval()
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.model.config.d_model)
+
+    @torch.inference_mode()
+    def encode(self, prompts: list[str]) -> TextEmbedding:
+        tok = self.tokenizer(
+            prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        )
+        ids, mask = tok.input_ids, tok.attention_mask.bool()
+        for i, p in enumerate(prompts):
+            if not p.strip():
+                ids[i].zero_()
+                mask[i] = False
+        feats = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))[0]
+        return TextEmbedding(feats, mask.to(self.device))

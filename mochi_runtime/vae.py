@@ -1,0 +1,130 @@
+"""Mochi's causal 3D VAE decoder (latents -> RGB frames).
+
+Module names follow Genmo's `decoder.safetensors` keys (`blocks.0.0`,
+`blocks.{i}.blocks.{j}.stack.{k}`, `blocks.{i}.proj`, `output_proj`).
+Every temporal convolution is causal: the first frame is replicated in front,
+so frame t depends only on frames <= t. That is what makes exact temporal
+tiling possible (see `mochi_runtime.vae_tiling`): a conv that is fed its
+previous `kernel_t - 1` input frames as a carry computes exactly what the
+untiled decode computes.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import VAEConfig
+
+
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm applied to each frame on its own (statistics over C/groups x H x W)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, C, T, H, W]
+        b, c, t, h, w = x.shape
+        y = F.group_norm(x.transpose(1, 2).reshape(b * t, c, h, w), self.num_groups, self.weight, self.bias, self.eps)
+        return y.view(b, t, c, h, w).transpose(1, 2)
+
+
+class CausalConv3d(nn.Conv3d):
+    """3x3x3 conv, replicate-padded in space and causally (first frame repeated) in time.
+
+    When `carry` is set (temporal tiling), the last `kernel_t - 1` frames of the
+    previous chunk are used instead of the replicated first frame, and the
+    carry is updated with this chunk's tail.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=3, stride=1, padding=0)
+        self.streaming = False
+        self.carry: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kt = self.kernel_size[0]
+        x = F.pad(x, (1, 1, 1, 1, 0, 0), mode="replicate")
+        if self.streaming and self.carry is not None:
+            head = self.carry
+        else:
+            head = x[:, :, :1].expand(-1, -1, kt - 1, -1, -1)
+        x = torch.cat([head, x], dim=2)
+        if self.streaming:
+            self.carry = x[:, :, -(kt - 1):].clone()
+        return super().forward(x)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.stack = nn.Sequential(
+            FrameGroupNorm(groups, channels),
+            nn.SiLU(),
+            CausalConv3d(channels, channels),
+            FrameGroupNorm(groups, channels),
+            nn.SiLU(),
+            CausalConv3d(channels, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.stack(x)
+
+
+class UpsampleBlock(nn.Module):
+    """Residual blocks, then a per-voxel linear that expands into time and space (depth-to-space)."""
+
+    def __init__(self, cin: int, cout: int, layers: int, t_exp: int, s_exp: int, groups: int) -> None:
+        super().__init__()
+        self.t_exp, self.s_exp = t_exp, s_exp
+        self.blocks = nn.Sequential(*[ResBlock(cin, groups) for _ in range(layers)])
+        self.proj = nn.Linear(cin, cout * t_exp * s_exp * s_exp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(x)
+        x = self.proj(x.movedim(1, -1)).movedim(-1, 1)
+        b, _, t, h, w = x.shape
+        st, ss = self.t_exp, self.s_exp
+        x = x.view(b, -1, st, ss, ss, t, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        return x.reshape(b, -1, t * st, h * ss, w * ss)
+
+
+class VAEDecoder(nn.Module):
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch, layers, g = cfg.block_out_channels, cfg.layers_per_block, cfg.norm_groups
+        nb = len(ch) - 1
+        first = [nn.Conv3d(cfg.latent_channels, ch[-1], kernel_size=1)] + [ResBlock(ch[-1], g) for _ in range(layers[-1])]
+        blocks: list[nn.Module] = [nn.Sequential(*first)]
+        for b in range(nb):
+            blocks.append(
+                UpsampleBlock(ch[-b - 1], ch[-b - 2], layers[-b - 2], cfg.temporal_expansions[-b - 1],
+                              cfg.spatial_expansions[-b - 1], g)
+            )
+        blocks.append(nn.Sequential(*[ResBlock(ch[0], g) for _ in range(layers[0])]))
+        self.blocks = nn.ModuleList(blocks)
+        self.output_proj = nn.Linear(ch[0], cfg.out_channels)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """DiT latents -> VAE latent space with Mochi's per-channel statistics (fp32)."""
+        mean = torch.tensor(self.cfg.latents_mean, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
+        std = torch.tensor(self.cfg.latents_std, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
+        return z.float() * std + mean
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Decode de-normalised latents [B, 12, T, h, w] -> raw frames [B, 3, 6T, 8h, 8w] (before trimming)."""
+        assert z.ndim == 5 and z.shape[1] == self.cfg.latent_channels, f"bad latents {tuple(z.shape)}"
+        x = z.to(self.output_proj.weight.dtype)
+        for block in self.blocks:
+            x = block(x)
+        x = F.silu(x)
+        return self.output_proj(x.movedim(1, -1)).movedim(-1, 1)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised DiT latents [B, 12, T, h, w] -> frames [B, 3, 6(T-1)+1, 8h, 8w] in [-1, 1] (float)."""
+        out = self(self.denormalize(latents.float()))
+        return out[:, :, self.cfg.temporal_factor - 1:]
+
+
+def frames_to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """[B, 3, F, H, W] in [-1, 1] -> uint8 [B, F, H, W, 3]."""
+    x = ((video.float() + 1) / 2).clamp(0, 1)
+    return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous()

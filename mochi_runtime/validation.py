@@ -1,0 +1,127 @@
+"""One validator for every generation request (CLI, Python API and Triton adapters).
+
+Errors name the field and the rule, e.g. `num_frames: must be 6k+1 (7, 13, 19, ...), got 8`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+SEED_MAX = 2**63 - 1
+
+
+class RequestError(ValueError):
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps that protect memory and time; servers set them from config."""
+
+    max_frames: int = 163
+    max_pixels: int = 848 * 480
+    max_steps: int = 200
+    max_prompt_bytes: int = 4096
+    min_guidance: float = 1.0
+    max_guidance: float = 20.0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str = ""
+    num_frames: int = 49
+    height: int = 480
+    width: int = 848
+    steps: int = 64
+    guidance: float = 4.5
+    seed: int = 0
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int, int]:
+        return (1, 12, (self.num_frames - 1) // 6 + 1, self.height // 8, self.width // 8)
+
+    def with_(self, **changes: Any) -> "GenerationRequest":
+        return replace(self, **changes)
+
+
+def _as_text(field: str, value: Any, cap: int, allow_empty: bool) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(field, "must be valid UTF-8 text") from None
+    if not isinstance(value, str):
+        raise RequestError(field, f"must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise RequestError(field, "must not be empty")
+    if "\x00" in value:
+        raise RequestError(field, "must not contain NUL characters")
+    size = len(value.encode("utf-8"))
+    if size > cap:
+        raise RequestError(field, f"must be at most {cap} bytes of UTF-8, got {size}")
+    return value
+
+
+def _as_int(field: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise RequestError(field, "must be an integer, got bool")
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise RequestError(field, f"must be an integer, got {value!r}")
+        value = int(value)
+    if not isinstance(value, int):
+        try:
+            import numpy as np
+
+            if isinstance(value, np.integer):
+                return int(value)
+        except ImportError:  # pragma: no cover
+            pass
+        raise RequestError(field, f"must be an integer, got {type(value).__name__}")
+    return value
+
+
+def validate(request: GenerationRequest, limits: Limits = Limits()) -> GenerationRequest:
+    """Return a normalised request or raise RequestError naming the first bad field."""
+    prompt = _as_text("prompt", request.prompt, limits.max_prompt_bytes, allow_empty=False)
+    negative = _as_text("negative_prompt", request.negative_prompt, limits.max_prompt_bytes, allow_empty=True)
+
+    frames = _as_int("num_frames", request.num_frames)
+    if frames < 7 or (frames - 1) % 6:
+        raise RequestError("num_frames", f"must be 6k+1 and >= 7 (7, 13, 19, ...), got {frames}")
+    if frames > limits.max_frames:
+        raise RequestError("num_frames", f"must be at most {limits.max_frames} on this server, got {frames}")
+
+    dims = {}
+    for name in ("height", "width"):
+        v = _as_int(name, getattr(request, name))
+        if v <= 0 or v % 16:
+            raise RequestError(name, f"must be a positive multiple of 16, got {v}")
+        dims[name] = v
+    pixels = dims["height"] * dims["width"]
+    if pixels > limits.max_pixels:
+        raise RequestError("height", f"height*width must be at most {limits.max_pixels} pixels, got {pixels}")
+
+    steps = _as_int("steps", request.steps)
+    if not 1 <= steps <= limits.max_steps:
+        raise RequestError("steps", f"must be between 1 and {limits.max_steps}, got {steps}")
+
+    g = request.guidance
+    if isinstance(g, bool) or not isinstance(g, (int, float)) and not hasattr(g, "__float__"):
+        raise RequestError("guidance", f"must be a number, got {type(g).__name__}")
+    g = float(g)
+    if not math.isfinite(g):
+        raise RequestError("guidance", f"must be finite, got {g}")
+    if not limits.min_guidance <= g <= limits.max_guidance:
+        raise RequestError("guidance", f"must be between {limits.min_guidance} and {limits.max_guidance}, got {g}")
+
+    seed = _as_int("seed", request.seed)
+    if not 0 <= seed <= SEED_MAX:
+        raise RequestError("seed", f"must be between 0 and 2**63-1, got {seed}")
+
+    return GenerationRequest(prompt, negative, frames, dims["height"], dims["width"], steps, g, seed)

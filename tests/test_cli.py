@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from mochi_runtime.video import probe_mp4
+
+
+def test_cli_writes_playable_mp4_with_exact_frames(tmp_path):
+    out = tmp_path / "fox.mp4"
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "mochi_runtime", "generate", "--prompt", "a red fox", "--frames", "19",
+         "--height", "96", "--width", "160", "--steps", "4", "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300, env=os.environ.copy(),
+    )
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(out.resolve())
+    frames, h, w, codec = probe_mp4(out)
+    assert (frames, h, w) == (19, 96, 160)
+    assert codec == "h264"
+    assert "denoise" in proc.stderr and "decode" in proc.stderr  # per-stage timings
+    assert elapsed < 60, elapsed
+
+
+def test_cli_rejects_bad_frames(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mochi_runtime", "generate", "--prompt", "x", "--frames", "20", "--out",
+         str(tmp_path / "x.mp4")], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "num_frames" in proc.stderr and "6k+1" in proc.stderr
