@@ -136,14 +136,8 @@ class AsymmetricAttention(nn.Module):
         if update_y:
             self.proj_y = nn.Linear(dx, dy)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        y_mask: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        joint_attention: JointAttention,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def project(self, x: torch.Tensor, y: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
+        """Q/K/V of both streams, QK-normed, RoPE on visual Q/K; head-major [B, H, S, D]."""
         b, n, _ = x.shape
         l = y.shape[1]
         q_x, k_x, v_x = self.qkv_x(x).view(b, n, 3, self.num_heads, -1).unbind(2)
@@ -151,12 +145,14 @@ class AsymmetricAttention(nn.Module):
         k_x = apply_rope(self.k_norm_x(k_x), *rope)
         q_y, k_y, v_y = self.qkv_y(y).view(b, l, 3, self.num_heads, -1).unbind(2)
         q_y, k_y = self.q_norm_y(q_y), self.k_norm_y(k_y)
-        heads = [t.transpose(1, 2) for t in (q_x, k_x, v_x, q_y, k_y, v_y)]
-        out_x, out_y = joint_attention(*heads, y_mask)
+        return tuple(t.transpose(1, 2) for t in (q_x, k_x, v_x, q_y, k_y, v_y))
+
+    def output(self, out_x: torch.Tensor, out_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, _, n, _ = out_x.shape
         out_x = self.proj_x(out_x.transpose(1, 2).reshape(b, n, -1))
         if not self.update_y:
             return out_x, None
-        return out_x, self.proj_y(out_y.transpose(1, 2).reshape(b, l, -1))
+        return out_x, self.proj_y(out_y.transpose(1, 2).reshape(b, out_y.shape[2], -1))
 
 
 class AsymmetricJointBlock(nn.Module):
@@ -172,27 +168,33 @@ class AsymmetricJointBlock(nn.Module):
         if update_y:
             self.mlp_y = FeedForward(dy, cfg.mlp_hidden_y)
 
-    def forward(self, x, c, y, y_mask, rope, joint_attention):
+    def pre_attention(self, x, c, y, rope):
+        """Modulation, pre-norms and Q/K/V (pointwise-heavy: the part torch.compile fuses)."""
         c = F.silu(c)
         scale_msa_x, gate_msa_x, scale_mlp_x, gate_mlp_x = self.mod_x(c).chunk(4, dim=1)
         mod_y = self.mod_y(c)
-        if self.update_y:
-            scale_msa_y, gate_msa_y, scale_mlp_y, gate_mlp_y = mod_y.chunk(4, dim=1)
-        else:
-            scale_msa_y = mod_y
-        attn_x, attn_y = self.attn(
-            modulated_rmsnorm(x, scale_msa_x, self.eps),
-            modulated_rmsnorm(y, scale_msa_y, self.eps),
-            y_mask,
-            rope,
-            joint_attention,
+        mods_y = mod_y.chunk(4, dim=1) if self.update_y else (mod_y,)
+        qkv = self.attn.project(
+            modulated_rmsnorm(x, scale_msa_x, self.eps), modulated_rmsnorm(y, mods_y[0], self.eps), rope
         )
+        return qkv, (gate_msa_x, scale_mlp_x, gate_mlp_x), mods_y[1:]
+
+    def post_attention(self, x, y, out_x, out_y, mods_x, mods_y):
+        """Output projections, gated residuals and the SwiGLU MLPs."""
+        gate_msa_x, scale_mlp_x, gate_mlp_x = mods_x
+        attn_x, attn_y = self.attn.output(out_x, out_y)
         x = gated_residual(x, attn_x, gate_msa_x, self.eps)
         x = gated_residual(x, self.mlp_x(modulated_rmsnorm(x, scale_mlp_x, self.eps)), gate_mlp_x, self.eps)
         if self.update_y:
+            gate_msa_y, scale_mlp_y, gate_mlp_y = mods_y
             y = gated_residual(y, attn_y, gate_msa_y, self.eps)
             y = gated_residual(y, self.mlp_y(modulated_rmsnorm(y, scale_mlp_y, self.eps)), gate_mlp_y, self.eps)
         return x, y
+
+    def forward(self, x, c, y, y_mask, rope, joint_attention: JointAttention):
+        qkv, mods_x, mods_y = self.pre_attention(x, c, y, rope)
+        out_x, out_y = joint_attention(*qkv, y_mask)
+        return self.post_attention(x, y, out_x, out_y, mods_x, mods_y)
 
 
 class FinalLayer(nn.Module):
@@ -255,6 +257,16 @@ class AsymmDiT(nn.Module):
         pos = rope_positions(t, h, w, self.cfg.rope_base_area, device)
         angles = torch.einsum("nd,dhf->nhf", pos, self.pos_frequencies.float())
         return torch.cos(angles), torch.sin(angles)
+
+    def compile_blocks(self, **options) -> "AsymmDiT":
+        """torch.compile the pointwise-heavy halves of every block (attention stays eager).
+
+        Blocks share code, so one graph serves all full blocks and one the last block.
+        """
+        for block in self.blocks:
+            block.pre_attention = torch.compile(block.pre_attention, dynamic=False, **options)
+            block.post_attention = torch.compile(block.post_attention, dynamic=False, **options)
+        return self
 
     def run_blocks(self, tokens, c, y, y_mask, rope):
         for block in self.blocks:

@@ -24,33 +24,36 @@ EMBEDDED_VERSION = "v1"
 EMBEDDED_SEED = 20261127
 
 
-def _randomize(module: torch.nn.Module, seed: int, scale: float) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, p in module.state_dict().items():
-        noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-        # Norm weights near 1 (as trained ones are), everything else small around 0.
-        base = 1.0 if ("norm" in name or name.endswith(("stack.0.weight", "stack.3.weight"))) else 0.0
-        fan_in = p.shape[1] if p.ndim >= 2 else 1
-        for d in p.shape[2:]:
-            fan_in *= d
-        std = scale / max(fan_in, 1) ** 0.5 if p.ndim >= 2 else scale * 0.2
-        state[name] = base + noise * std
-    return state
+def init_random_(module: torch.nn.Module, seed: int, scale: float = 1.0) -> torch.nn.Module:
+    """Fill a module's parameters in place with seeded random values on their own device.
+
+    Norm weights land near 1 (as trained ones are), matrices get 1/sqrt(fan_in)
+    scaled normals, vectors small normals: activations stay in a sane range
+    through many blocks, which matters for benchmarks and bf16 error checks.
+    """
+    devices = {p.device for p in module.parameters()}
+    assert len(devices) == 1, f"parameters on several devices: {devices}"
+    gen = torch.Generator(device=devices.pop()).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            base = 1.0 if ("norm" in name or name.endswith(("stack.0.weight", "stack.3.weight"))) else 0.0
+            fan_in = 1
+            for d in p.shape[1:]:
+                fan_in *= d
+            std = scale / fan_in**0.5 if p.ndim >= 2 else scale * 0.2
+            p.normal_(generator=gen).mul_(std).add_(base)
+    return module
 
 
 def random_dit_state(cfg: DiTConfig, seed: int = EMBEDDED_SEED) -> dict[str, torch.Tensor]:
-    with torch.device("meta"):
-        model = AsymmDiT(cfg)
-    state = _randomize(model, seed, 1.0)
-    state["pos_frequencies"] = torch.rand(state["pos_frequencies"].shape, generator=torch.Generator().manual_seed(seed)) * 0.5
-    return state
+    model = init_random_(AsymmDiT(cfg), seed)
+    with torch.no_grad():
+        model.pos_frequencies.uniform_(0, 0.5, generator=torch.Generator().manual_seed(seed))
+    return model.state_dict()
 
 
 def random_vae_state(cfg: VAEConfig, seed: int = EMBEDDED_SEED + 1) -> dict[str, torch.Tensor]:
-    with torch.device("meta"):
-        model = VAEDecoder(cfg)
-    return _randomize(model, seed, 1.0)
+    return init_random_(VAEDecoder(cfg), seed).state_dict()
 
 
 def build_tokenizer(max_length: int = 256):

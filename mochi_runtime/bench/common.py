@@ -1,0 +1,71 @@
+"""Shared benchmark plumbing: CUDA-event timing, peak memory, the JSON record."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def time_cuda(fn: Callable[[], object], warmup: int, iters: int) -> tuple[float, list[float]]:
+    """Median milliseconds of fn() over iters runs (after warmup), timed with CUDA events (host clock on CPU)."""
+    for _ in range(warmup):
+        fn()
+    if not torch.cuda.is_available():
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1000)
+        return statistics.median(times), times
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times), times
+
+
+def peak_gib(device: torch.device | None = None) -> float:
+    if not torch.cuda.is_available():
+        return 0.0
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def card() -> str:
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+
+
+def write_record(path: str | None, kind: str, results: list[dict], baseline: dict | None, extra: dict) -> dict:
+    record = {
+        "benchmark": kind,
+        "card": card(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m mochi_runtime.bench " + " ".join(sys.argv[1:]),
+        "torch": torch.__version__,
+        "results": results,
+        "baseline": baseline,
+        **extra,
+    }
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = [max(len(c), *(len(f"{r.get(c, '')}") for r in rows)) for c in columns]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in rows:
+        print("  ".join(f"{r.get(c, '')}".ljust(w) for c, w in zip(columns, widths)))

@@ -1,0 +1,116 @@
+"""DiT step benchmark: full-size random bf16 weights, one CFG step (batch 2) at 848x480x49.
+
+Ours (eager and torch.compile'd) against diffusers' MochiTransformer3DModel on the
+very same weights, in the same process, with the output difference reported.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+
+import torch
+
+from ..attention import LocalJointAttention
+from ..checkpoints import dit_key_map, to_diffusers
+from ..config import get_preset
+from ..dit import AsymmDiT
+from ..tiny import init_random_
+from .common import peak_gib, print_table, time_cuda, write_record
+
+
+def cfg_inputs(cfg, frames: int, height: int, width: int, cond_tokens: int, device, dtype, seed: int = 0):
+    g = torch.Generator(device).manual_seed(seed)
+    t = (frames - 1) // 6 + 1
+    x = torch.randn(2, cfg.in_channels, t, height // 8, width // 8, generator=g, device=device, dtype=dtype)
+    y = torch.randn(2, cfg.t5_token_length, cfg.t5_feat_dim, generator=g, device=device, dtype=dtype)
+    mask = torch.zeros(2, cfg.t5_token_length, dtype=torch.bool, device=device)
+    mask[1, :cond_tokens] = True  # batch = [uncond (empty prompt), cond]
+    sigma = torch.full((2,), 0.7, device=device)
+    return x, sigma, y, mask
+
+
+def build_dit(preset: str, device, dtype, seed: int = 0) -> AsymmDiT:
+    cfg = get_preset(preset).dit
+    with torch.device("meta"):
+        dit = AsymmDiT(cfg)
+    dit = dit.to_empty(device=device).to(dtype)
+    init_random_(dit, seed)
+    with torch.no_grad():
+        dit.pos_frequencies.uniform_(0, 0.5)
+    return dit.eval().requires_grad_(False)
+
+
+def diffusers_twin(dit: AsymmDiT):
+    """diffusers' transformer sharing our weights (converted by our key map)."""
+    from diffusers import MochiTransformer3DModel
+
+    cfg = dit.cfg
+    with torch.device("meta"):
+        ref = MochiTransformer3DModel(
+            num_layers=cfg.depth, num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
+            pooled_projection_dim=cfg.hidden_size_y, text_embed_dim=cfg.t5_feat_dim,
+            time_embed_dim=cfg.timestep_freq_dim,
+        )
+    ref.load_state_dict(to_diffusers(dit.state_dict(), dit_key_map(cfg)), strict=True, assign=True)
+    return ref.eval().requires_grad_(False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mochi_runtime.bench dit")
+    ap.add_argument("--preset", default="mochi-1-preview")
+    ap.add_argument("--frames", type=int, default=49)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=848)
+    ap.add_argument("--cond-tokens", type=int, default=64)
+    ap.add_argument("--attention", default="auto")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--no-diffusers", action="store_true")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+
+    on_gpu = torch.cuda.is_available()
+    dev = torch.device("cuda" if on_gpu else "cpu")
+    dtype = torch.bfloat16 if on_gpu else torch.float32  # CPU: smoke runs of the tiny preset only
+    dit = build_dit(a.preset, dev, dtype)
+    dit.joint_attention = LocalJointAttention(a.attention)
+    x, sigma, y, mask = cfg_inputs(dit.cfg, a.frames, a.height, a.width, a.cond_tokens, dev, dtype)
+    tokens = x.shape[2] * x.shape[3] * x.shape[4] // dit.cfg.patch_size**2
+    rows, outputs = [], {}
+
+    def run(name, fn):
+        if on_gpu:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            ms, all_ms = time_cuda(fn, a.warmup, a.iters)
+            outputs[name] = fn().float()
+        rows.append({"engine": name, "ms_per_cfg_step": round(ms, 1), "peak_gib": round(peak_gib(), 2),
+                     "all_ms": [round(t, 1) for t in all_ms]})
+        print(f"{name}: {ms:.1f} ms/step (peak {peak_gib():.2f} GiB)", flush=True)
+
+    baseline = None
+    if not a.no_diffusers:
+        ref = diffusers_twin(dit)
+        run("diffusers", lambda: ref(x, y, (1 - sigma) * 1000, mask, return_dict=False)[0])
+        baseline = rows[-1]
+        del ref
+        gc.collect()
+    run("ours-eager", lambda: dit(x, sigma, y, mask))
+    if not a.no_compile:
+        dit.compile_blocks()
+        run("ours-compiled", lambda: dit(x, sigma, y, mask))
+    for r in rows:
+        if baseline:
+            r["speedup_vs_diffusers"] = round(baseline["ms_per_cfg_step"] / r["ms_per_cfg_step"], 3)
+        ref_out = outputs.get("diffusers")
+        if ref_out is not None:
+            r["rel_err_vs_diffusers"] = float((outputs[r["engine"]] - ref_out).norm() / ref_out.norm())
+    print_table(rows, ["engine", "ms_per_cfg_step", "peak_gib", "speedup_vs_diffusers", "rel_err_vs_diffusers"])
+    write_record(a.json, "dit", rows, baseline, {
+        "shape": {"frames": a.frames, "height": a.height, "width": a.width, "visual_tokens": tokens,
+                  "batch": 2, "cond_tokens": a.cond_tokens, "preset": a.preset},
+        "attention": a.attention,
+    })
+    return 0
