@@ -51,14 +51,19 @@ def open_model_dir(model_dir: str | Path | None) -> ModelDir:
     return ModelDir.open(model_dir)
 
 
-def load_dit(md: ModelDir, device: torch.device, dtype: torch.dtype, attention: str = "auto") -> AsymmDiT:
+def load_dit(md: ModelDir, device: torch.device, dtype: torch.dtype, attention: str = "auto",
+             compile: bool | None = None) -> AsymmDiT:
+    """Build on the meta device, fill from the checkpoint; compile the blocks on GPU unless told not to."""
     cfg = md.dit_config()
     with torch.device("meta"):
         dit = AsymmDiT(cfg)
     source, rules = md.dit_source()
     load_module(dit, source, rules, device, dtype, what=f"DiT ({md.root}, {md.layout})")
     dit.joint_attention = LocalJointAttention(attention)
-    return dit.eval().requires_grad_(False)
+    dit = dit.eval().requires_grad_(False)
+    if compile if compile is not None else device.type == "cuda":
+        dit.compile_blocks()
+    return dit
 
 
 def load_vae(md: ModelDir, device: torch.device, dtype: torch.dtype) -> VAEDecoder:

@@ -52,7 +52,7 @@ def write_record(path: str | None, kind: str, results: list[dict], baseline: dic
         "benchmark": kind,
         "card": card(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m mochi_runtime.bench " + " ".join(sys.argv[1:]),
+        "command": f"python -m mochi_runtime.bench {kind} " + " ".join(sys.argv[1:]),
         "torch": torch.__version__,
         "results": results,
         "baseline": baseline,
