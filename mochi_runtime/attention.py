@@ -64,8 +64,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str = "aut
 
         with sdpa_kernel(_sdpa_backend(kernel)):
             return F.scaled_dot_product_attention(q, k, v)
-    if kernel == "math":
-        return attend_with_lse(q, k, v, "math")[0]
+    if kernel == "math" or not q.is_cuda:
+        # On CPU the same flash kernel as the ring path, so sharded and local results agree.
+        return attend_with_lse(q, k, v, kernel)[0]
     return F.scaled_dot_product_attention(q, k, v)
 
 
@@ -98,12 +99,14 @@ def attend_with_lse(
     if not q.is_cuda and kernel == "sdpa":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scale)
         return out, lse.float()
-    # Exact math kernel (forced): fp32 scores, exact log-sum-exp; O(S^2) memory, for checks.
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    # Exact math kernel: fp64 on CPU (ring blocks there then agree with one fp32 kernel call
+    # to within that call's own rounding), fp32 on GPU; O(S^2) memory per call.
+    acc = torch.float32 if q.is_cuda else torch.float64
+    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.exp(scores - lse.unsqueeze(-1))
-    out = torch.matmul(probs, v.float()).to(q.dtype)
-    return out, lse
+    out = torch.matmul(probs, v.to(acc)).to(q.dtype)
+    return out, lse.float()
 
 
 def merge_partials(
@@ -111,9 +114,11 @@ def merge_partials(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Combine two partial softmax-attention results over disjoint key sets.
 
-    `out` is kept in fp32 while accumulating; lse tensors are [B,H,S] fp32.
+    `out` is kept in fp32 while accumulating (fp64 on CPU, where it is cheap and
+    keeps ring results within rounding of a single kernel call); lse is [B,H,S].
     """
-    block_out = block_out.float()
+    acc = torch.float32 if block_out.is_cuda else torch.float64
+    block_out, block_lse = block_out.to(acc), block_lse.to(acc)
     if out is None or lse is None:
         return block_out, block_lse
     new_lse = torch.logaddexp(lse, block_lse)

@@ -36,6 +36,18 @@ def gated_residual(x: torch.Tensor, res: torch.Tensor, gate: torch.Tensor, eps: 
     return x + (rms(res, eps) * torch.tanh(gate.float()).unsqueeze(1)).to(x.dtype)
 
 
+def cond_linear(linear: nn.Linear, c: torch.Tensor) -> torch.Tensor:
+    """A linear on per-sample conditioning vectors [B, D] whose rows do not depend on B.
+
+    CPU BLAS takes a different (gemv) path for a single row, so a CFG-parallel
+    half (batch 1) would round differently from the batch-2 reference. Running a
+    lone row as a duplicated pair keeps every layout bit-identical to one process.
+    """
+    if c.shape[0] == 1 and not c.is_cuda:
+        return linear(c.expand(2, -1))[:1]
+    return linear(c)
+
+
 def timestep_frequencies(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding [cos, sin] of t (any float tensor [B])."""
     half = dim // 2
@@ -62,7 +74,8 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
     def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return self.mlp(timestep_frequencies(t * self.scale, self.freq_dim).to(dtype))
+        h = cond_linear(self.mlp[0], timestep_frequencies(t * self.scale, self.freq_dim).to(dtype))
+        return cond_linear(self.mlp[2], self.mlp[1](h))
 
 
 class AttentionPool(nn.Module):
@@ -85,9 +98,9 @@ class AttentionPool(nn.Module):
         keep = F.pad(mask.bool(), (1, 0), value=True)[:, None, None, :]
         hd = d // self.heads
         k, v = self.to_kv(tokens).view(b, l + 1, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
-        q = self.to_q(pooled[:, 0]).view(b, self.heads, 1, hd)
+        q = cond_linear(self.to_q, pooled[:, 0]).view(b, self.heads, 1, hd)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
-        return self.to_out(out.reshape(b, d))
+        return cond_linear(self.to_out, out.reshape(b, d))
 
 
 class PatchEmbed(nn.Module):
@@ -171,8 +184,8 @@ class AsymmetricJointBlock(nn.Module):
     def pre_attention(self, x, c, y, rope):
         """Modulation, pre-norms and Q/K/V (pointwise-heavy: the part torch.compile fuses)."""
         c = F.silu(c)
-        scale_msa_x, gate_msa_x, scale_mlp_x, gate_mlp_x = self.mod_x(c).chunk(4, dim=1)
-        mod_y = self.mod_y(c)
+        scale_msa_x, gate_msa_x, scale_mlp_x, gate_mlp_x = cond_linear(self.mod_x, c).chunk(4, dim=1)
+        mod_y = cond_linear(self.mod_y, c)
         mods_y = mod_y.chunk(4, dim=1) if self.update_y else (mod_y,)
         qkv = self.attn.project(
             modulated_rmsnorm(x, scale_msa_x, self.eps), modulated_rmsnorm(y, mods_y[0], self.eps), rope
@@ -204,7 +217,7 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(dim, out_dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.mod(F.silu(c)).chunk(2, dim=1)
+        shift, scale = cond_linear(self.mod, F.silu(c)).chunk(2, dim=1)
         x = F.layer_norm(x, (x.shape[-1],), eps=1e-6)
         return self.linear(x * (1 + scale[:, None]) + shift[:, None])
 

@@ -1,0 +1,144 @@
+"""Starts and supervises a DiT worker group from a parent process (CLI, Triton stub).
+
+The parent never touches CUDA for the group: workers are spawned (never
+forked), rendezvous on a free loopback port, set their own devices, and die
+with the parent (PR_SET_PDEATHSIG). A dead worker is noticed within a poll
+interval and turns into `WorkerGroupError`; the group is then torn down so no
+process is left behind.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import threading
+import time
+from typing import Callable
+
+from .topology import free_port
+from .worker import Cancelled, GroupSpec, Task, worker_main
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.2
+
+
+class WorkerGroupError(RuntimeError):
+    """The worker group died or failed; it must be restarted."""
+
+
+class WorkerGroup:
+    """A running group of DiT workers; implements the pipeline's `Denoiser` protocol."""
+
+    def __init__(self, spec: GroupSpec, start_timeout: float = 900.0) -> None:
+        spec.layout.validate()
+        if spec.devices is not None and len(spec.devices) != spec.layout.world:
+            raise ValueError(f"{len(spec.devices)} devices given for {spec.layout.describe()}")
+        self.spec = spec
+        self._lock = threading.Lock()
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._cancel = ctx.Value("b", 0)
+        port = free_port()
+        self.procs = [
+            ctx.Process(
+                target=worker_main, name=f"mochi-dit-worker-{r}", daemon=True,
+                args=(r, spec, port, os.getpid(), child if r == 0 else None, self._cancel),
+            )
+            for r in range(spec.layout.world)
+        ]
+        for p in self.procs:
+            p.start()
+        child.close()
+        self.closed = False
+        try:
+            kind, payload = self._wait(deadline=time.monotonic() + start_timeout)
+            if kind != "ready":
+                raise WorkerGroupError(f"worker group failed to start: {payload}")
+        except BaseException:
+            self.close(timeout=5)
+            raise
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.pid is not None]
+
+    def alive(self) -> bool:
+        return not self.closed and all(p.is_alive() for p in self.procs)
+
+    def _wait(self, deadline: float | None = None):
+        while True:
+            if self._conn.poll(POLL_S):
+                try:
+                    msg = self._conn.recv()
+                except (EOFError, OSError) as e:
+                    self._broken(f"control channel closed: {e}")
+                if msg[0] == "fatal":
+                    self._broken(f"a worker failed:\n{msg[1]}")
+                return msg
+            dead = [p for p in self.procs if not p.is_alive()]
+            if dead:
+                self._broken(", ".join(f"{p.name} (pid {p.pid}) exited with {p.exitcode}" for p in dead))
+            if deadline is not None and time.monotonic() > deadline:
+                self._broken("timed out waiting for the worker group")
+
+    def _broken(self, why: str):
+        self.close(timeout=5)
+        raise WorkerGroupError(f"DiT worker group is down: {why}")
+
+    def denoise(self, request, cond, uncond, on_step: Callable[[int, int], None] | None = None):
+        """Run one request on the group. on_step(i, total) may raise Cancelled to stop it."""
+        if not self.alive():
+            raise WorkerGroupError("DiT worker group is not running")
+        with self._lock:
+            self._cancel.value = 0
+            self._conn.send(Task(request, cond.to("cpu"), uncond.to("cpu")))
+            cancelled_by: BaseException | None = None
+            while True:
+                kind, payload = self._wait()
+                if kind == "progress":
+                    if on_step is not None and cancelled_by is None:
+                        try:
+                            on_step(*payload)
+                        except BaseException as e:  # stop the group at the next step, then re-raise
+                            cancelled_by = e
+                            self._cancel.value = 1
+                elif kind == "result":
+                    if cancelled_by is not None:
+                        raise cancelled_by
+                    return payload
+                elif kind == "cancelled":
+                    raise cancelled_by if cancelled_by is not None else Cancelled(payload)
+
+    def cancel(self) -> None:
+        """Ask the running request (if any) to stop at the next step boundary."""
+        self._cancel.value = 1
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the workers: a stop task first, then SIGTERM, then SIGKILL."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if all(p.is_alive() for p in self.procs):
+                self._conn.send(None)
+        except (OSError, ValueError):
+            pass
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs:
+            p.join(2)
+            if p.is_alive():
+                p.kill()
+                p.join(2)
+        self._conn.close()
+
+    def __enter__(self) -> "WorkerGroup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,120 @@
+"""Parallel layout (cfg x ulysses x ring) and the process groups that realise it.
+
+Rank layout: rank = cfg_index * sp_size + ring_index * ulysses + ulysses_index, so
+sequence-parallel ranks are contiguous, Ulysses groups are contiguous inside them,
+Ring groups are strided by `ulysses`, and CFG pairs are strided by `sp_size`.
+Groups are created once, by every rank in the same order, and owned by a
+`ParallelGroups` object (no module-level process-group state).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+class LayoutError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Layout:
+    cfg: int = 1
+    ulysses: int = 1
+    ring: int = 1
+
+    @property
+    def sp(self) -> int:
+        return self.ulysses * self.ring
+
+    @property
+    def world(self) -> int:
+        return self.cfg * self.sp
+
+    def validate(self, num_heads: int | None = None, guidance: float | None = None) -> "Layout":
+        for name in ("cfg", "ulysses", "ring"):
+            if getattr(self, name) < 1:
+                raise LayoutError(f"{name} degree must be >= 1, got {getattr(self, name)}")
+        if self.cfg not in (1, 2):
+            raise LayoutError(f"cfg degree must be 1 or 2 (two guidance branches), got {self.cfg}")
+        if num_heads is not None and num_heads % self.ulysses:
+            raise LayoutError(f"ulysses degree {self.ulysses} must divide the {num_heads} attention heads")
+        if guidance is not None and self.cfg == 2 and guidance == 1.0:
+            raise LayoutError("cfg-parallel needs guidance != 1 (with guidance 1 there is no second branch)")
+        return self
+
+    def coords(self, rank: int) -> tuple[int, int, int]:
+        """(cfg_index, ring_index, ulysses_index) of a global rank."""
+        cfg_idx, sp_rank = divmod(rank, self.sp)
+        ring_idx, uly_idx = divmod(sp_rank, self.ulysses)
+        return cfg_idx, ring_idx, uly_idx
+
+    def describe(self) -> str:
+        return f"cfg{self.cfg} x ulysses{self.ulysses} x ring{self.ring} (world {self.world})"
+
+
+def _groups_of(all_ranks: list[list[int]], rank: int, backend: str | None, timeout: timedelta):
+    mine = None
+    for ranks in all_ranks:
+        g = dist.new_group(ranks, backend=backend, timeout=timeout)
+        if rank in ranks:
+            mine = (g, ranks)
+    assert mine is not None
+    return mine
+
+
+class ParallelGroups:
+    """The process groups of one layout, for the calling rank.
+
+    `control` is a gloo group over the whole world with a very long timeout: it
+    carries task broadcasts and the per-step cancel flag, so idle workers wait
+    on it without tripping NCCL watchdogs.
+    """
+
+    def __init__(self, layout: Layout, control_timeout: timedelta = timedelta(days=7)) -> None:
+        if not dist.is_initialized():
+            raise RuntimeError("torch.distributed is not initialised")
+        if dist.get_world_size() != layout.world:
+            raise LayoutError(f"world size {dist.get_world_size()} != {layout.describe()}")
+        self.layout = layout
+        self.rank = dist.get_rank()
+        self.cfg_index, self.ring_index, self.ulysses_index = layout.coords(self.rank)
+        L = layout
+        timeout = timedelta(minutes=30)
+        self.sp_group, self.sp_ranks = _groups_of(
+            [list(range(c * L.sp, (c + 1) * L.sp)) for c in range(L.cfg)], self.rank, None, timeout)
+        self.ulysses_group, self.ulysses_ranks = _groups_of(
+            [[c * L.sp + r * L.ulysses + u for u in range(L.ulysses)] for c in range(L.cfg) for r in range(L.ring)],
+            self.rank, None, timeout)
+        self.ring_group, self.ring_ranks = _groups_of(
+            [[c * L.sp + r * L.ulysses + u for r in range(L.ring)] for c in range(L.cfg) for u in range(L.ulysses)],
+            self.rank, None, timeout)
+        self.cfg_group, self.cfg_ranks = _groups_of(
+            [[c * L.sp + s for c in range(L.cfg)] for s in range(L.sp)], self.rank, None, timeout)
+        self.control = dist.new_group(list(range(L.world)), backend="gloo", timeout=control_timeout)
+
+    @property
+    def sp_rank(self) -> int:
+        return self.ring_index * self.layout.ulysses + self.ulysses_index
+
+    def destroy(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port on host (the OS picks it; nothing is hard-coded)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def device_for_rank(local_rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")

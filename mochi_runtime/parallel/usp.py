@@ -1,0 +1,198 @@
+"""Unified Sequence Parallelism for the DiT: Ulysses all-to-all x Ring attention x CFG-parallel.
+
+The visual tokens are split evenly over the sequence-parallel (sp) ranks after
+padding to a multiple of the sp degree; padding never reaches attention (padded
+keys are cut off before each kernel call) and is dropped before the output.
+Text tokens are replicated on every rank with per-sample masks.
+
+Inside one attention:
+1. Ulysses: all-to-all turns [B, H, n_local, D] (sequence shard, all heads) into
+   [B, H/U, U*n_local, D] (a contiguous block of the sequence, a slice of heads);
+   the text Q/K/V are sliced to the same heads.
+2. Ring: the K/V block travels around the ring group; each rank attends its
+   queries (its visual block plus the valid text tokens) to every block and
+   merges the partial results by log-sum-exp. Text K/V are joined once, at the
+   first step. The next block's transfer is posted before the current block's
+   compute so they overlap on GPU.
+3. All-to-all back to sequence shards; the text output's head slices are
+   all-gathered over the Ulysses group.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..attention import attend_with_lse, group_by_text, merge_partials
+from ..dit import AsymmDiT
+from ..sampler import cfg_combine
+from ..text_encoder import TextEmbedding
+from .topology import ParallelGroups
+
+
+def seq_to_heads(x: torch.Tensor, group, degree: int) -> torch.Tensor:
+    """[B, H, n, D] sequence shard -> [B, H/U, U*n, D] head shard (Ulysses forward all-to-all)."""
+    if degree == 1:
+        return x
+    b, h, n, d = x.shape
+    send = x.reshape(b, degree, h // degree, n, d).transpose(0, 1).contiguous()
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    return recv.permute(1, 2, 0, 3, 4).reshape(b, h // degree, degree * n, d)
+
+
+def heads_to_seq(x: torch.Tensor, group, degree: int) -> torch.Tensor:
+    """[B, H/U, U*n, D] head shard -> [B, H, n, D] sequence shard (Ulysses backward all-to-all)."""
+    if degree == 1:
+        return x
+    b, h, s, d = x.shape
+    n = s // degree
+    send = x.reshape(b, h, degree, n, d).permute(2, 0, 1, 3, 4).contiguous()
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    return recv.permute(1, 0, 2, 3, 4).reshape(b, degree * h, n, d)
+
+
+def gather_heads(x: torch.Tensor, group, degree: int) -> torch.Tensor:
+    """All-gather head slices [B, H/U, L, D] -> [B, H, L, D]."""
+    if degree == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(degree)]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return torch.cat(parts, dim=1)
+
+
+class USPJointAttention:
+    """JointAttention over a sequence-parallel group (see module docstring)."""
+
+    def __init__(self, groups: ParallelGroups, kernel: str = "auto") -> None:
+        self.groups = groups
+        self.kernel = kernel
+        # CPU ring blocks (ring > 1) use the exact fp64 kernel, so the merged result differs
+        # from one fp32 kernel call only by that call's own rounding.
+        self.ring_kernel = kernel if (torch.cuda.is_available() or groups.layout.ring == 1) else "math"
+        self.valid_tokens = 0  # visual tokens before padding, set per forward
+        self.local_tokens = 0  # tokens per sp rank (after padding)
+
+    def _ring(self, q: torch.Tensor, kv: torch.Tensor, text_kv: torch.Tensor, block_len: int):
+        """Attend q to every ring block of kv ([2, b, h, S, D]) plus text_kv; returns fp32 output."""
+        g = self.groups
+        R = g.layout.ring
+        me = g.ring_index
+        nxt, prv = g.ring_ranks[(me + 1) % R], g.ring_ranks[(me - 1) % R]
+        out = lse = None
+        cur = kv
+        for step in range(R):
+            reqs, incoming = [], None
+            if step < R - 1:
+                incoming = torch.empty_like(cur)
+                ops = [dist.P2POp(dist.isend, cur, nxt, g.ring_group), dist.P2POp(dist.irecv, incoming, prv, g.ring_group)]
+                reqs = dist.batch_isend_irecv(ops)
+            block = (me - step) % R
+            valid = max(0, min(block_len, self.valid_tokens - block * block_len))
+            k, v = cur[0][:, :, :valid], cur[1][:, :, :valid]
+            if step == 0:
+                k, v = torch.cat([k, text_kv[0]], dim=2), torch.cat([v, text_kv[1]], dim=2)
+            if k.shape[2] > 0:
+                o, l = attend_with_lse(q, k, v, self.ring_kernel)
+                out, lse = merge_partials(out, lse, o, l)
+            for r in reqs:
+                r.wait()
+            if incoming is not None:
+                cur = incoming
+        assert out is not None, "no keys at all"
+        return out
+
+    def __call__(self, q_x, k_x, v_x, q_y, k_y, v_y, y_mask):
+        g = self.groups
+        U = g.layout.ulysses
+        h = q_x.shape[1] // U
+        heads = slice(g.ulysses_index * h, (g.ulysses_index + 1) * h)
+        q_x, k_x, v_x = (seq_to_heads(t, g.ulysses_group, U) for t in (q_x, k_x, v_x))
+        q_y, k_y, v_y = (t[:, heads] for t in (q_y, k_y, v_y))
+        block_len = q_x.shape[2]
+        out_x = torch.empty_like(q_x)
+        out_y = torch.zeros_like(q_y)
+        for members, idx in group_by_text(y_mask):
+            sel = torch.tensor(members, device=q_x.device)
+            q = torch.cat([q_x[sel], q_y[sel][:, :, idx]], dim=2)
+            kv = torch.stack([k_x[sel], v_x[sel]])
+            text_kv = torch.stack([k_y[sel][:, :, idx], v_y[sel][:, :, idx]])
+            o = self._ring(q, kv, text_kv, block_len).to(q.dtype)
+            out_x[sel] = o[:, :, :block_len]
+            rows = out_y[sel]
+            rows[:, :, idx] = o[:, :, block_len:]
+            out_y[sel] = rows
+        return heads_to_seq(out_x, g.ulysses_group, U), gather_heads(out_y, g.ulysses_group, U)
+
+
+class SequenceParallelDiT:
+    """Runs one AsymmDiT forward with its visual tokens sharded over the sp group.
+
+    Same call signature and result as `AsymmDiT.__call__` on every rank of the group.
+    """
+
+    def __init__(self, dit: AsymmDiT, groups: ParallelGroups, kernel: str = "auto") -> None:
+        self.dit, self.groups = dit, groups
+        self.attention = USPJointAttention(groups, kernel)
+        dit.joint_attention = self.attention
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, y_feat: torch.Tensor, y_mask: torch.Tensor):
+        dit, g = self.dit, self.groups
+        sp = g.layout.sp
+        p = dit.cfg.patch_size
+        tokens, c, y = dit.embed(x, sigma, y_feat, y_mask)
+        cos, sin = dit.rope(x.shape[2], x.shape[3] // p, x.shape[4] // p, x.device)
+        n = tokens.shape[1]
+        n_local = math.ceil(n / sp)
+        pad = n_local * sp - n
+        start = g.sp_rank * n_local
+        local = F.pad(tokens, (0, 0, 0, pad))[:, start:start + n_local]
+        rope = tuple(F.pad(t, (0, 0, 0, 0, 0, pad))[start:start + n_local] for t in (cos, sin))
+        self.attention.valid_tokens, self.attention.local_tokens = n, n_local
+        local = dit.run_blocks(local, c, y, y_mask.bool(), rope)
+        if sp > 1:
+            b, _, d = local.shape
+            full = torch.empty((sp * b, n_local, d), dtype=local.dtype, device=local.device)
+            dist.all_gather_into_tensor(full, local.contiguous(), group=g.sp_group)
+            tokens = full.view(sp, b, n_local, d).permute(1, 0, 2, 3).reshape(b, sp * n_local, d)[:, :n]
+        else:
+            tokens = local
+        return dit.unembed(tokens, c, x.shape)
+
+
+class ParallelCFGVelocity:
+    """Guided velocity on a parallel group: with cfg degree 2 each half runs one branch.
+
+    The two branch velocities are combined after one all-gather over the CFG pair.
+    """
+
+    def __init__(self, model: SequenceParallelDiT, cond: TextEmbedding, uncond: TextEmbedding, guidance: float):
+        self.model, self.guidance = model, guidance
+        g = model.groups
+        # With guidance 1 there is no second branch: both CFG halves run the conditional one.
+        self.cfg_parallel = g.layout.cfg == 2 and guidance != 1.0
+        if self.cfg_parallel:
+            branch = uncond if g.cfg_index == 0 else cond
+            self.feats, self.mask = branch.features, branch.mask
+        elif guidance != 1.0 and g.layout.cfg == 1:
+            self.feats = torch.cat([uncond.features, cond.features])
+            self.mask = torch.cat([uncond.mask, cond.mask])
+        else:
+            self.feats, self.mask = cond.features, cond.mask
+
+    def __call__(self, z: torch.Tensor, sigma: float) -> torch.Tensor:
+        b = self.feats.shape[0]
+        s = torch.full((b,), sigma, dtype=torch.float32, device=z.device)
+        v = self.model(z.expand(b, *z.shape[1:]), s, self.feats, self.mask).float()
+        if self.cfg_parallel:
+            both = torch.empty((2 * v.shape[0], *v.shape[1:]), dtype=v.dtype, device=v.device)
+            dist.all_gather_into_tensor(both, v.contiguous(), group=self.model.groups.cfg_group)
+            v_uncond, v_cond = both.chunk(2)
+            return cfg_combine(v_uncond, v_cond, self.guidance)
+        if b == 2:
+            v_uncond, v_cond = v.chunk(2)
+            return cfg_combine(v_uncond, v_cond, self.guidance)
+        return v

@@ -1,0 +1,168 @@
+"""The worker side of a DiT group: one process per device, one loop over tasks.
+
+Rank 0 receives each task from the launcher (a pipe) and broadcasts it to the
+other ranks over the gloo control group; every rank runs the sampler; after
+each step rank 0 broadcasts the cancel flag so all ranks stop at the same step
+and none is left inside a collective. The same `serve_tasks` / `run_task` code
+runs under torchrun (see `mochi_runtime.parallel.torchrun`).
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """A generation was cancelled; raised on every rank at the same step."""
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """What a worker group runs: layout, weights, devices and numerics."""
+
+    layout: Any  # topology.Layout (kept Any so this module imports without torch.distributed)
+    model_dir: str | None = None
+    devices: tuple[int, ...] | None = None  # GPU ids; None = CPU processes with gloo
+    dtype: str = "auto"
+    attention: str = "auto"
+    compile: bool | None = None
+    threads: int | None = None  # CPU threads per worker (default: cores / world)
+
+
+@dataclass(frozen=True)
+class Task:
+    request: Any  # validation.GenerationRequest
+    cond: Any  # TextEmbedding on CPU
+    uncond: Any
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL us when our parent dies (Linux), and check we were not orphaned already."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # pragma: no cover - non-Linux
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def build_model(spec: GroupSpec, rank: int):
+    """Load this rank's DiT copy straight onto its device and wrap it for sequence parallelism."""
+    import torch
+
+    from ..pipeline import load_dit, open_model_dir, resolve_dtype
+    from .topology import ParallelGroups, device_for_rank
+    from .usp import SequenceParallelDiT
+
+    groups = ParallelGroups(spec.layout)
+    device = device_for_rank(rank) if spec.devices else torch.device("cpu")
+    md = open_model_dir(spec.model_dir)
+    dit = load_dit(md, device, resolve_dtype(spec.dtype, device), spec.attention, spec.compile)
+    spec.layout.validate(num_heads=dit.cfg.num_heads)
+    return SequenceParallelDiT(dit, groups, spec.attention), device
+
+
+def run_task(model, task: Task, device, should_stop: Callable[[int, int], bool],
+             on_step: Callable[[int, int], None] | None = None):
+    """Run one request's sampler on this rank; returns fp32 latents on CPU (identical on all ranks)."""
+    import torch
+    import torch.distributed as dist
+
+    from ..sampler import euler_sample, initial_noise, linear_quadratic_schedule
+    from .usp import ParallelCFGVelocity
+
+    req = task.request
+    velocity = ParallelCFGVelocity(model, task.cond.to(device), task.uncond.to(device), req.guidance)
+    flag = torch.zeros(1, dtype=torch.int32)
+
+    def step_hook(i: int, total: int) -> None:
+        flag[0] = 1 if should_stop(i, total) else 0
+        dist.broadcast(flag, src=0, group=model.groups.control)
+        if on_step is not None:
+            on_step(i, total)
+        if int(flag[0]):
+            raise Cancelled(f"cancelled after step {i} of {total}")
+
+    z = initial_noise(req.seed, req.latent_shape).to(device)
+    with torch.inference_mode():
+        return euler_sample(velocity, z, linear_quadratic_schedule(req.steps), step_hook).cpu()
+
+
+def broadcast_task(task: Any, groups) -> Any:
+    import torch.distributed as dist
+
+    box = [task]
+    dist.broadcast_object_list(box, src=0, group=groups.control)
+    return box[0]
+
+
+def worker_main(rank: int, spec: GroupSpec, port: int, parent_pid: int, conn, cancel_flag) -> None:
+    """Entry point of a spawned worker (rank `rank` of `spec.layout.world`)."""
+    die_with_parent(parent_pid)
+    if spec.devices:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in spec.devices)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(spec.layout.world), LOCAL_RANK=str(rank))
+    logging.basicConfig(level=logging.WARNING, format=f"[mochi worker {rank}] %(levelname)s %(message)s")
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(spec.threads or max(1, (os.cpu_count() or 1) // spec.layout.world))
+    backend = "nccl" if spec.devices else "gloo"
+    try:
+        if spec.devices:
+            torch.cuda.set_device(rank)
+        dist.init_process_group(backend, rank=rank, world_size=spec.layout.world, timeout=timedelta(minutes=30),
+                                **({"device_id": torch.device("cuda", rank)} if spec.devices else {}))
+        model, device = build_model(spec, rank)
+        dist.barrier(group=model.groups.control)
+        if rank == 0:
+            conn.send(("ready", None))
+        serve_tasks(model, device, rank, conn, cancel_flag)
+    except Exception:
+        msg = traceback.format_exc()
+        log.error("worker %d failed:\n%s", rank, msg)
+        if rank == 0 and conn is not None:
+            try:
+                conn.send(("fatal", msg))
+            except Exception:
+                pass
+        sys.stderr.flush()
+        os._exit(1)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def serve_tasks(model, device, rank: int, conn, cancel_flag) -> None:
+    """Task loop: rank 0 reads from the launcher and broadcasts; everybody runs; rank 0 answers."""
+    while True:
+        task = conn.recv() if rank == 0 else None
+        task = broadcast_task(task, model.groups)
+        if task is None:
+            return
+
+        def should_stop(i: int, total: int) -> bool:
+            return rank == 0 and bool(cancel_flag.value)
+
+        def progress(i: int, total: int) -> None:
+            if rank == 0:
+                conn.send(("progress", (i, total)))
+
+        try:
+            latents = run_task(model, task, device, should_stop, progress)
+        except Cancelled as e:
+            if rank == 0:
+                conn.send(("cancelled", str(e)))
+            continue
+        if rank == 0:
+            conn.send(("result", latents))

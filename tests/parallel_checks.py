@@ -1,0 +1,59 @@
+"""Functions run inside real gloo worker processes by tests/test_parallel.py (must be importable)."""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_q) -> None:
+    from mochi_runtime.checkpoints import ModelDir
+    from mochi_runtime.parallel.topology import ParallelGroups
+    from mochi_runtime.parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
+    from mochi_runtime.pipeline import load_dit
+    from mochi_runtime.text_encoder import TextEmbedding
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(minutes=5))
+    try:
+        groups = ParallelGroups(layout)
+        md = ModelDir.open(model_dir)
+        ref_dit = load_dit(md, torch.device("cpu"), torch.float32)
+        par = SequenceParallelDiT(load_dit(md, torch.device("cpu"), torch.float32), groups, "sdpa")
+        g = torch.Generator().manual_seed(5)
+        # 3 x 5 x 7 = 105 patches: does not divide 2 or 4.
+        x = torch.randn(1, 12, 3, 10, 14, generator=g)
+        feats = torch.randn(2, 256, ref_dit.cfg.t5_feat_dim, generator=g)
+        mask = torch.zeros(2, 256, dtype=torch.bool)
+        mask[0, :6] = True  # uncond: 6 tokens; cond: 17 tokens
+        mask[1, :17] = True
+        uncond, cond = TextEmbedding(feats[:1], mask[:1]), TextEmbedding(feats[1:], mask[1:])
+        sigma = torch.tensor([0.8, 0.8])
+        with torch.inference_mode():
+            # Full forward, batch 2 with different text lengths, on the sp group.
+            ref = ref_dit(x.expand(2, -1, -1, -1, -1), sigma, feats, mask)
+            out = par(x.expand(2, -1, -1, -1, -1), sigma, feats, mask)
+            fwd_err = float((out - ref).abs().max())
+            # Guided velocity (exercises CFG-parallel when cfg=2).
+            from mochi_runtime.sampler import CFGVelocity
+
+            v_ref = CFGVelocity(ref_dit, cond, uncond, 4.5)(x, 0.8)
+            v_par = ParallelCFGVelocity(par, cond, uncond, 4.5)(x, 0.8)
+            vel_err = float((v_par - v_ref).abs().max())
+        out_q.put((rank, fwd_err, vel_err, float(ref.abs().max())))
+    finally:
+        dist.destroy_process_group()
+
+
+def local_reference(model_dir: str, request, cond, uncond, threads: int = 1):
+    """The single-process sampler in a fresh process with `threads` CPU threads (CPU reductions depend on thread count,
+    and a thread count lowered after start-up does not reach every kernel)."""
+    torch.set_num_threads(threads)
+    from mochi_runtime.checkpoints import ModelDir
+    from mochi_runtime.pipeline import load_dit, run_sampler
+
+    dit = load_dit(ModelDir.open(model_dir), torch.device("cpu"), torch.float32)
+    return run_sampler(dit, request, cond, uncond)
