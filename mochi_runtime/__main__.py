@@ -29,6 +29,7 @@ def request_from_args(a: argparse.Namespace) -> GenerationRequest:
 def cmd_generate(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .parallel import GroupSpec, Layout, LayoutError, WorkerGroup
     from .pipeline import MochiPipeline
     from .validation import Limits, validate
     from .video import encode_mp4
@@ -36,15 +37,31 @@ def cmd_generate(a: argparse.Namespace) -> int:
     limits = Limits(max_frames=10_000, max_pixels=4096 * 4096, max_steps=1000)
     request = validate(request_from_args(a), limits)
     t0 = time.perf_counter()
-    pipe = MochiPipeline.from_dir(a.model_dir, device=a.device, dtype=a.dtype, attention=a.attention, limits=limits)
+    denoiser = None
+    layout = Layout(2 if a.cfg_parallel else 1, a.ulysses, a.ring)
+    if layout.world > 1 or a.gpus:
+        import torch
+
+        layout.validate(guidance=request.guidance)
+        gpus = a.gpus or (layout.world if torch.cuda.is_available() else 0)
+        if gpus and gpus != layout.world:
+            raise LayoutError(f"--gpus {gpus} must equal cfg x ulysses x ring = {layout.world}")
+        denoiser = WorkerGroup(GroupSpec(layout, a.model_dir, tuple(range(gpus)) if gpus else None, a.dtype,
+                                         a.attention))
+    pipe = MochiPipeline.from_dir(a.model_dir, device=a.device, dtype=a.dtype, attention=a.attention, limits=limits,
+                                  denoiser=denoiser)
     load_s = time.perf_counter() - t0
     bar = tqdm(total=request.steps, desc="denoise", unit="step", disable=a.quiet)
 
     def on_step(i: int, total: int) -> None:
         bar.update(1)
 
-    result = pipe.generate(request, on_step=on_step)
-    bar.close()
+    try:
+        result = pipe.generate(request, on_step=on_step)
+    finally:
+        bar.close()
+        if denoiser is not None:
+            denoiser.close()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t1 = time.perf_counter()
@@ -76,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     g.add_argument("--attention", default="auto")
     g.add_argument("--quiet", action="store_true")
+    g.add_argument("--ulysses", type=int, default=1, help="Ulysses (head-sharding) degree")
+    g.add_argument("--ring", type=int, default=1, help="Ring-attention degree")
+    g.add_argument("--cfg-parallel", action="store_true", help="run the two guidance branches on two halves")
+    g.add_argument("--gpus", type=int, default=None,
+                   help="GPUs for the DiT group (= cfg x ulysses x ring); without GPUs, CPU processes with gloo")
     g.set_defaults(fn=cmd_generate)
 
     w = sub.add_parser("write-tiny", help="write a tiny random-weight checkpoint")
@@ -86,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         return a.fn(a)
-    except RequestError as e:
+    except (RequestError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

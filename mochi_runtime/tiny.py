@@ -85,7 +85,10 @@ def write_t5(folder: Path, cfg: T5Config, seed: int = EMBEDDED_SEED + 2) -> None
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = T5EncoderModel(hf_cfg).eval()
-    model.save_pretrained(str(folder / "text_encoder"), safe_serialization=True)
+    # is_main_process: transformers skips writing weights on non-zero torch.distributed ranks.
+    model.save_pretrained(str(folder / "text_encoder"), safe_serialization=True, is_main_process=True)
+    if not (folder / "text_encoder" / "model.safetensors").is_file():
+        raise RuntimeError(f"T5 weights were not written to {folder / 'text_encoder'}")
     tok.save_pretrained(str(folder / "tokenizer"))
 
 

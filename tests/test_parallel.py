@@ -125,3 +125,54 @@ def test_layout_validation():
     with pytest.raises(LayoutError, match="cfg degree"):
         Layout(3, 1, 1).validate()
     assert Layout(2, 2, 2).world == 8 and Layout(2, 2, 2).coords(5) == (1, 0, 1)
+
+
+def test_cli_generates_with_a_cpu_group(tmp_path):
+    import subprocess
+    import sys
+
+    from mochi_runtime.video import probe_mp4
+
+    out = tmp_path / "par.mp4"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mochi_runtime", "generate", "--prompt", "a red fox", "--frames", "13", "--height", "48",
+         "--width", "80", "--steps", "2", "--ulysses", "2", "--cfg-parallel", "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert probe_mp4(out)[:3] == (13, 48, 80)
+
+
+def test_cli_rejects_bad_layout(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "mochi_runtime", "generate", "--prompt", "x", "--frames", "7", "--height", "48",
+         "--width", "80", "--ulysses", "3", "--out", str(tmp_path / "x.mp4")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0 and "ulysses degree 3 must divide" in proc.stderr
+
+
+def test_torchrun_entry_matches_single_process(tmp_path, official_dir):
+    """The same worker code under torchrun's env:// rendezvous (2 CPU ranks, gloo)."""
+    import subprocess
+    import sys
+
+    from mochi_runtime.video import probe_mp4
+
+    outs = {}
+    for name, launcher in (
+        ("torchrun", [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                      str(free_port()), "-m", "mochi_runtime.parallel.torchrun", "--ulysses", "2"]),
+    ):
+        out = tmp_path / f"{name}.mp4"
+        proc = subprocess.run(
+            launcher + ["--model-dir", str(official_dir), "--prompt", "a red fox", "--frames", "13", "--height", "48",
+                        "--width", "80", "--steps", "2", "--out", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[name] = out
+    assert probe_mp4(outs["torchrun"])[:3] == (13, 48, 80)

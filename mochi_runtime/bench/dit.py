@@ -35,8 +35,8 @@ def build_dit(preset: str, device, dtype, seed: int = 0) -> AsymmDiT:
         dit = AsymmDiT(cfg)
     dit = dit.to_empty(device=device).to(dtype)
     init_random_(dit, seed)
-    with torch.no_grad():
-        dit.pos_frequencies.uniform_(0, 0.5)
+    with torch.no_grad():  # seeded: every rank and every run must hold the very same weights
+        dit.pos_frequencies.uniform_(0, 0.5, generator=torch.Generator(device).manual_seed(seed))
     return dit.eval().requires_grad_(False)
 
 
@@ -68,7 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-diffusers", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--layouts", default=None,
+                    help="comma list of CxUxR group layouts (cfg x ulysses x ring) to time against 1 GPU, e.g. "
+                         "1x2x1,2x1x1,1x4x1,2x2x1,1x2x2")
+    ap.add_argument("--gpus", type=int, default=None, help="with --ulysses/--ring/--cfg-parallel: one layout")
+    ap.add_argument("--ulysses", type=int, default=1)
+    ap.add_argument("--ring", type=int, default=1)
+    ap.add_argument("--cfg-parallel", action="store_true")
     a = ap.parse_args(argv)
+    if a.layouts or a.gpus:
+        return main_parallel(a)
 
     on_gpu = torch.cuda.is_available()
     dev = torch.device("cuda" if on_gpu else "cpu")
@@ -112,5 +121,40 @@ def main(argv: list[str] | None = None) -> int:
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "visual_tokens": tokens,
                   "batch": 2, "cond_tokens": a.cond_tokens, "preset": a.preset},
         "attention": a.attention,
+    })
+    return 0
+
+
+def main_parallel(a: argparse.Namespace) -> int:
+    """Per-step latency of sharded layouts against one GPU, same weights and inputs, one invocation."""
+    from ..parallel.topology import Layout
+    from .dit_parallel import parse_layout, run_layout
+
+    if a.layouts:
+        layouts = [parse_layout(t) for t in a.layouts.split(",")]
+    else:
+        layouts = [Layout(2 if a.cfg_parallel else 1, a.ulysses, a.ring)]
+        if layouts[0].world != a.gpus:
+            raise SystemExit(f"--gpus {a.gpus} != world of {layouts[0].describe()}")
+    opts = {"preset": a.preset, "frames": a.frames, "height": a.height, "width": a.width,
+            "cond_tokens": a.cond_tokens, "attention": a.attention, "compile": not a.no_compile,
+            "warmup": a.warmup, "iters": a.iters}
+    base = run_layout(Layout(1, 1, 1), opts)
+    print(f"1 GPU: {base['ms']:.1f} ms/step", flush=True)
+    rows = [{"layout": "1x1x1", "gpus": 1, "ms_per_cfg_step": round(base["ms"], 1), "speedup": 1.0,
+             "rel_err_vs_1gpu": 0.0, "peak_gib_per_gpu": [round(p, 2) for p in base["peak_gib"]]}]
+    for lay in layouts:
+        r = run_layout(lay, opts)
+        err = float((r["v"] - base["v"]).norm() / base["v"].norm())
+        rows.append({"layout": f"{lay.cfg}x{lay.ulysses}x{lay.ring}", "gpus": lay.world,
+                     "ms_per_cfg_step": round(r["ms"], 1), "speedup": round(base["ms"] / r["ms"], 3),
+                     "rel_err_vs_1gpu": err, "peak_gib_per_gpu": [round(p, 2) for p in r["peak_gib"]],
+                     "all_ms": [round(t, 1) for t in r["all_ms"]]})
+        print(f"{lay.describe()}: {r['ms']:.1f} ms/step, {base['ms'] / r['ms']:.2f}x, rel err {err:.2e}", flush=True)
+    print_table(rows, ["layout", "gpus", "ms_per_cfg_step", "speedup", "rel_err_vs_1gpu", "peak_gib_per_gpu"])
+    write_record(a.json, "dit-parallel", rows, rows[0], {
+        "shape": {"frames": a.frames, "height": a.height, "width": a.width, "preset": a.preset,
+                  "cond_tokens": a.cond_tokens},
+        "compile": not a.no_compile, "attention": a.attention,
     })
     return 0

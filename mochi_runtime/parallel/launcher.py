@@ -8,6 +8,7 @@ process is left behind.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -34,6 +35,10 @@ class WorkerGroup:
         spec.layout.validate()
         if spec.devices is not None and len(spec.devices) != spec.layout.world:
             raise ValueError(f"{len(spec.devices)} devices given for {spec.layout.describe()}")
+        if spec.model_dir is None:  # resolve (and write, once) the embedded default before the workers start
+            from ..tiny import embedded_model_dir
+
+            spec = dataclasses.replace(spec, model_dir=str(embedded_model_dir()))
         self.spec = spec
         self._lock = threading.Lock()
         ctx = mp.get_context("spawn")
@@ -43,7 +48,7 @@ class WorkerGroup:
         self.procs = [
             ctx.Process(
                 target=worker_main, name=f"mochi-dit-worker-{r}", daemon=True,
-                args=(r, spec, port, os.getpid(), child if r == 0 else None, self._cancel),
+                args=(r, self.spec, port, os.getpid(), child if r == 0 else None, self._cancel),
             )
             for r in range(spec.layout.world)
         ]

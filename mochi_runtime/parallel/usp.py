@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..attention import attend_with_lse, group_by_text, merge_partials
+from ..attention import attend, attend_with_lse, group_by_text, merge_partials
 from ..dit import AsymmDiT
 from ..sampler import cfg_combine
 from ..text_encoder import TextEmbedding
@@ -72,16 +72,21 @@ class USPJointAttention:
         self.kernel = kernel
         # CPU ring blocks (ring > 1) use the exact fp64 kernel, so the merged result differs
         # from one fp32 kernel call only by that call's own rounding.
-        self.ring_kernel = kernel if (torch.cuda.is_available() or groups.layout.ring == 1) else "math"
+        self.ring_kernel = kernel if torch.cuda.is_available() else "math"
         self.valid_tokens = 0  # visual tokens before padding, set per forward
         self.local_tokens = 0  # tokens per sp rank (after padding)
 
     def _ring(self, q: torch.Tensor, kv: torch.Tensor, text_kv: torch.Tensor, block_len: int):
-        """Attend q to every ring block of kv ([2, b, h, S, D]) plus text_kv; returns fp32 output."""
+        """Attend q to every ring block of kv ([2, b, h, S, D]) plus text_kv."""
         g = self.groups
         R = g.layout.ring
         me = g.ring_index
         nxt, prv = g.ring_ranks[(me + 1) % R], g.ring_ranks[(me - 1) % R]
+        if R == 1:  # plain attention over the whole (gathered) sequence: no LSE needed
+            valid = min(block_len, self.valid_tokens)
+            k = torch.cat([kv[0][:, :, :valid], text_kv[0]], dim=2)
+            v = torch.cat([kv[1][:, :, :valid], text_kv[1]], dim=2)
+            return attend(q, k, v, self.kernel)
         out = lse = None
         cur = kv
         for step in range(R):

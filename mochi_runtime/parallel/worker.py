@@ -56,7 +56,7 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def build_model(spec: GroupSpec, rank: int):
+def build_model(spec: GroupSpec, local_rank: int):
     """Load this rank's DiT copy straight onto its device and wrap it for sequence parallelism."""
     import torch
 
@@ -65,7 +65,7 @@ def build_model(spec: GroupSpec, rank: int):
     from .usp import SequenceParallelDiT
 
     groups = ParallelGroups(spec.layout)
-    device = device_for_rank(rank) if spec.devices else torch.device("cpu")
+    device = device_for_rank(local_rank) if spec.devices else torch.device("cpu")
     md = open_model_dir(spec.model_dir)
     dit = load_dit(md, device, resolve_dtype(spec.dtype, device), spec.attention, spec.compile)
     spec.layout.validate(num_heads=dit.cfg.num_heads)

@@ -1,0 +1,72 @@
+"""Multi-GPU DiT step benchmark: one guided (CFG) velocity evaluation per step on a
+cfg x ulysses x ring group, full-size random bf16 weights (identical on every rank),
+against the 1-GPU run of the same weights and inputs in the same invocation.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ..parallel.topology import Layout, ParallelGroups, free_port
+from ..parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
+from ..text_encoder import TextEmbedding
+from .common import time_cuda
+from .dit import build_dit, cfg_inputs
+
+
+def parse_layout(text: str) -> Layout:
+    """"CxUxR", e.g. "2x2x1" = cfg 2, ulysses 2, ring 1."""
+    c, u, r = (int(v) for v in text.lower().split("x"))
+    return Layout(c, u, r)
+
+
+def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    gpu = torch.cuda.is_available()
+    if gpu:
+        torch.cuda.set_device(rank)
+        dist.init_process_group("nccl", rank=rank, world_size=layout.world, timeout=timedelta(minutes=20),
+                                device_id=torch.device("cuda", rank))
+    else:  # CPU smoke runs (tiny preset) with gloo
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", rank=rank, world_size=layout.world, timeout=timedelta(minutes=20))
+    try:
+        groups = ParallelGroups(layout)
+        dev = torch.device("cuda", rank) if gpu else torch.device("cpu")
+        dtype = torch.bfloat16 if gpu else torch.float32
+        dit = build_dit(opts["preset"], dev, dtype)
+        if opts["compile"]:
+            dit.compile_blocks()
+        model = SequenceParallelDiT(dit, groups, opts["attention"])
+        x, _, y, mask = cfg_inputs(dit.cfg, opts["frames"], opts["height"], opts["width"], opts["cond_tokens"],
+                                   dev, dtype)
+        uncond, cond = TextEmbedding(y[:1], mask[:1]), TextEmbedding(y[1:], mask[1:])
+        velocity = ParallelCFGVelocity(model, cond, uncond, 4.5)
+        z = x[:1].float()
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            ms, all_ms = time_cuda(lambda: velocity(z, 0.7), opts["warmup"], opts["iters"])
+            v = velocity(z, 0.7)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else 0.0
+        peaks = [None] * layout.world
+        dist.all_gather_object(peaks, peak, group=groups.control)
+        if rank == 0:
+            out_q.put({"ms": ms, "all_ms": all_ms, "peak_gib": peaks, "v": v.float().cpu().numpy()})
+        dist.barrier(group=groups.control)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_layout(layout: Layout, opts: dict) -> dict:
+    if torch.cuda.is_available() and torch.cuda.device_count() < layout.world:
+        raise SystemExit(f"{layout.describe()} needs {layout.world} GPUs, {torch.cuda.device_count()} visible")
+    q = mp.get_context("spawn").Queue()
+    mp.start_processes(_rank_main, args=(layout, free_port(), opts, q), nprocs=layout.world, start_method="spawn")
+    r = q.get(timeout=60)
+    r["v"] = torch.from_numpy(r["v"])  # sent as numpy: a torch tensor would need the exited sender
+    return r
