@@ -5,6 +5,7 @@ against the 1-GPU run of the same weights and inputs in the same invocation.
 from __future__ import annotations
 
 import os
+import queue
 from datetime import timedelta
 
 import torch
@@ -66,7 +67,18 @@ def run_layout(layout: Layout, opts: dict) -> dict:
     if torch.cuda.is_available() and torch.cuda.device_count() < layout.world:
         raise SystemExit(f"{layout.describe()} needs {layout.world} GPUs, {torch.cuda.device_count()} visible")
     q = mp.get_context("spawn").Queue()
-    mp.start_processes(_rank_main, args=(layout, free_port(), opts, q), nprocs=layout.world, start_method="spawn")
-    r = q.get(timeout=60)
+    procs = mp.start_processes(_rank_main, args=(layout, free_port(), opts, q), nprocs=layout.world,
+                               start_method="spawn", join=False)
+    # Read before joining: a child cannot exit while its queued result is still unread;
+    # poll join() meanwhile so a crashed rank raises instead of leaving us waiting.
+    while True:
+        try:
+            r = q.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if procs.join(timeout=0):
+                raise RuntimeError(f"{layout.describe()}: ranks exited without a result")
+    while not procs.join():
+        pass
     r["v"] = torch.from_numpy(r["v"])  # sent as numpy: a torch tensor would need the exited sender
     return r
