@@ -47,12 +47,13 @@ def card() -> str:
     return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
 
 
-def write_record(path: str | None, kind: str, results: list[dict], baseline: dict | None, extra: dict) -> dict:
+def write_record(path: str | None, kind: str, results: list[dict], baseline: dict | None, extra: dict,
+                 subcommand: str = "dit") -> dict:
     record = {
         "benchmark": kind,
         "card": card(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": f"python -m mochi_runtime.bench {kind} " + " ".join(sys.argv[1:]),
+        "command": f"python -m mochi_runtime.bench {subcommand} " + " ".join(sys.argv[1:]),
         "torch": torch.__version__,
         "results": results,
         "baseline": baseline,
