@@ -86,10 +86,21 @@ def _as_int(field: str, value: Any) -> int:
     return value
 
 
-def validate(request: GenerationRequest, limits: Limits = Limits()) -> GenerationRequest:
-    """Return a normalised request or raise RequestError naming the first bad field."""
-    prompt = _as_text("prompt", request.prompt, limits.max_prompt_bytes, allow_empty=False)
-    negative = _as_text("negative_prompt", request.negative_prompt, limits.max_prompt_bytes, allow_empty=True)
+def validate_text(prompt: Any, negative_prompt: Any, limits: Limits = Limits()) -> tuple[str, str]:
+    """The two prompts as str (bytes are decoded as UTF-8), or RequestError."""
+    return (_as_text("prompt", prompt, limits.max_prompt_bytes, allow_empty=False),
+            _as_text("negative_prompt", negative_prompt, limits.max_prompt_bytes, allow_empty=True))
+
+
+def validate(request: GenerationRequest, limits: Limits = Limits(), check_text: bool = True) -> GenerationRequest:
+    """Return a normalised request or raise RequestError naming the first bad field.
+
+    check_text=False skips the prompts (the DiT stage receives embeddings, not text).
+    """
+    if check_text:
+        prompt, negative = validate_text(request.prompt, request.negative_prompt, limits)
+    else:
+        prompt, negative = request.prompt, request.negative_prompt
 
     frames = _as_int("num_frames", request.num_frames)
     if frames < 7 or (frames - 1) % 6:

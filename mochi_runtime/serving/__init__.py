@@ -1,0 +1,1 @@
+"""Serving helpers: starting a real tritonserver on the project's model repository."""

@@ -1,0 +1,137 @@
+"""Helpers shared by the Triton python-backend adapters in model_repository/.
+
+They take `pb_utils` (triton_python_backend_utils, only importable inside the
+stub) as an argument, so this module imports anywhere.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import traceback
+from typing import Any
+
+import numpy as np
+
+from ..validation import GenerationRequest, Limits, RequestError
+
+log = logging.getLogger("mochi.triton")
+
+# Knob inputs shared by mochi_dit, the ensemble and mochi_stream: name -> (request field, numpy cast).
+KNOBS = {
+    "NUM_FRAMES": ("num_frames", int),
+    "HEIGHT": ("height", int),
+    "WIDTH": ("width", int),
+    "STEPS": ("steps", int),
+    "GUIDANCE": ("guidance", float),
+    "SEED": ("seed", int),
+}
+
+
+def model_params(args: dict) -> dict[str, str]:
+    """config.pbtxt `parameters` as {key: string_value}."""
+    cfg = json.loads(args["model_config"])
+    return {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
+
+
+def model_dir(params: dict[str, str]) -> str | None:
+    """Checkpoint directory: config parameter, else $MOCHI_MODEL_DIR, else None (embedded default)."""
+    return params.get("model_dir") or os.environ.get("MOCHI_MODEL_DIR") or None
+
+
+def limits_from(params: dict[str, str]) -> Limits:
+    d = Limits()
+    return Limits(
+        max_frames=int(params.get("max_frames") or d.max_frames),
+        max_pixels=int(params.get("max_pixels") or d.max_pixels),
+        max_steps=int(params.get("max_steps") or d.max_steps),
+        max_prompt_bytes=int(params.get("max_prompt_bytes") or d.max_prompt_bytes),
+    )
+
+
+def defaults_from(params: dict[str, str]) -> GenerationRequest:
+    d = GenerationRequest(prompt="")
+    return GenerationRequest(
+        prompt="", negative_prompt="",
+        num_frames=int(params.get("default_num_frames") or d.num_frames),
+        height=int(params.get("default_height") or d.height),
+        width=int(params.get("default_width") or d.width),
+        steps=int(params.get("default_steps") or d.steps),
+        guidance=float(params.get("default_guidance") or d.guidance),
+        seed=int(params.get("default_seed") or d.seed),
+    )
+
+
+def input_array(pb_utils, request, name: str) -> np.ndarray | None:
+    t = pb_utils.get_input_tensor_by_name(request, name)
+    return None if t is None else t.as_numpy()
+
+
+def single(pb_utils, request, name: str) -> Any:
+    """The one element of an optional [1]-shaped input, or None when absent."""
+    arr = input_array(pb_utils, request, name)
+    if arr is None:
+        return None
+    if arr.size != 1:
+        raise RequestError(name.lower(), f"must hold exactly one value, got shape {list(arr.shape)}")
+    return arr.reshape(-1)[0]
+
+
+def knobs(pb_utils, request, defaults: GenerationRequest) -> dict[str, Any]:
+    """Request fields from the optional knob tensors, with config defaults for absent ones."""
+    out = {}
+    for name, (fld, cast) in KNOBS.items():
+        v = single(pb_utils, request, name)
+        if v is None:
+            out[fld] = getattr(defaults, fld)
+        elif cast is float:
+            out[fld] = float(v)
+        else:
+            if isinstance(v, (float, np.floating)):
+                raise RequestError(fld, f"must be an integer, got {v!r}")
+            out[fld] = int(v)
+    return out
+
+
+def text_inputs(pb_utils, request) -> tuple[Any, Any]:
+    prompt = single(pb_utils, request, "PROMPT")
+    if prompt is None:
+        raise RequestError("prompt", "is required")
+    negative = single(pb_utils, request, "NEGATIVE_PROMPT")
+    return prompt, b"" if negative is None else negative
+
+
+def error_response(pb_utils, exc: BaseException):
+    """Per-request error: INVALID_ARG naming the field for bad input, CANCELLED, else INTERNAL."""
+    from ..parallel.worker import Cancelled
+
+    if isinstance(exc, RequestError):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
+    if isinstance(exc, Cancelled):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED))
+    if isinstance(exc, QueueFull):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE))
+    log.error("request failed: %s", "".join(traceback.format_exception(exc)))
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
+
+
+class QueueFull(RuntimeError):
+    pass
+
+
+def histogram(pb_utils, name: str, description: str, buckets: list[float], labels: dict | None = None):
+    fam = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.HISTOGRAM)
+    return fam, fam.Metric(labels=labels or {}, buckets=buckets)
+
+
+def counter(pb_utils, name: str, description: str, labels: dict | None = None):
+    fam = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.COUNTER)
+    return fam, fam.Metric(labels=labels or {})
+
+
+def gauge(pb_utils, name: str, description: str, labels: dict | None = None):
+    fam = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.GAUGE)
+    return fam, fam.Metric(labels=labels or {})
+
+
+LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]

@@ -1,0 +1,190 @@
+"""The DiT serving engine: a worker group driven from its own thread, with a bounded queue.
+
+The Triton `mochi_dit` adapter hands each request to `submit` and returns at
+once (the response is sent when the job ends); the engine thread runs
+generations one at a time on the group, publishes progress per step (long-poll
+waiters by generation id), honours cancellation at step boundaries, and
+respawns the group if a worker dies.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..parallel import Cancelled, GroupSpec, WorkerGroup, WorkerGroupError
+from ..text_encoder import TextEmbedding
+from ..validation import GenerationRequest
+from .adapters import QueueFull
+
+log = logging.getLogger("mochi.dit_engine")
+
+
+@dataclass
+class Job:
+    request: GenerationRequest
+    cond: TextEmbedding
+    uncond: TextEmbedding
+    on_progress: Callable[[int, int, float], None]
+    on_done: Callable[[object], None]
+    on_error: Callable[[BaseException], None]
+    is_cancelled: Callable[[], bool] = lambda: False
+    generation_id: str | None = None
+    cancel_flag: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.monotonic)
+
+    def cancelled(self) -> bool:
+        return self.cancel_flag.is_set() or self.is_cancelled()
+
+
+class DiTEngine:
+    def __init__(self, spec: GroupSpec, max_queue: int = 8,
+                 on_restart: Callable[[], None] | None = None,
+                 on_steps: Callable[[int], None] | None = None) -> None:
+        self.spec = spec
+        self.on_restart = on_restart
+        self.on_steps = on_steps
+        self.group = WorkerGroup(spec)
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        # generation id -> (step, total, elapsed); step -1 once finished. Waiters long-poll on it.
+        self._progress: dict[str, tuple[int, int, float]] = {}
+        self._waiters: list[tuple[str, int, float, Callable[[int, int, float], None]]] = []
+        self._reaper = threading.Thread(target=self._reap, name="mochi-dit-progress", daemon=True)
+        self._closing = threading.Event()
+        self._reaper.start()
+        self.active = 0
+        self._thread = threading.Thread(target=self._run, name="mochi-dit-engine", daemon=True)
+        self._thread.start()
+
+    # -- requests --------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        if job.generation_id:
+            with self._lock:
+                self._jobs[job.generation_id] = job
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self._forget(job)
+            raise QueueFull(f"DiT queue is full ({self._queue.maxsize} waiting); retry later") from None
+
+    def cancel(self, generation_id: str) -> bool:
+        with self._lock:
+            job = self._jobs.get(generation_id)
+        if job is None:
+            return False
+        job.cancel_flag.set()
+        return True
+
+    def wait_progress(self, generation_id: str, after_step: int, reply: Callable[[int, int, float], None],
+                      timeout: float = 2.0) -> None:
+        """Call reply(step, total, elapsed) once the generation is past `after_step` or finished,
+        or with its current state after `timeout` seconds (step 0: not started or unknown)."""
+        with self._lock:
+            state = self._progress.get(generation_id)
+            if state is not None and (state[0] > after_step or state[0] < 0):
+                ready = state
+            else:
+                self._waiters.append((generation_id, after_step, time.monotonic() + timeout, reply))
+                return
+        reply(*ready)
+
+    def _publish(self, generation_id: str | None, step: int, total: int, elapsed: float) -> None:
+        if not generation_id:
+            return
+        with self._lock:
+            self._progress[generation_id] = (step, total, elapsed)
+            due = [w for w in self._waiters if w[0] == generation_id and (step > w[1] or step < 0)]
+            self._waiters = [w for w in self._waiters if w not in due]
+        for w in due:
+            w[3](step, total, elapsed)
+
+    def _reap(self) -> None:
+        while not self._closing.wait(0.1):
+            now = time.monotonic()
+            with self._lock:
+                due = [w for w in self._waiters if w[2] <= now]
+                self._waiters = [w for w in self._waiters if w not in due]
+                states = [self._progress.get(w[0], (0, 0, 0.0)) for w in due]
+            for w, st in zip(due, states):
+                w[3](*st)
+
+    def healthy(self) -> bool:
+        return self._thread.is_alive() and self.group.alive()
+
+    def _forget(self, job: Job) -> None:
+        if job.generation_id:
+            with self._lock:
+                self._jobs.pop(job.generation_id, None)
+            self._publish(job.generation_id, -1, job.request.steps, time.monotonic() - job.submitted)
+            with self._lock:  # finished ids are answered from here for a short while, then dropped
+                if len(self._progress) > 1024:
+                    for k in list(self._progress)[:512]:
+                        self._progress.pop(k, None)
+
+    # -- engine thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            try:
+                self._execute(job)
+            finally:
+                self._forget(job)
+
+    def _execute(self, job: Job) -> None:
+        if job.cancelled():
+            job.on_error(Cancelled("cancelled while queued"))
+            return
+        t0 = time.monotonic()
+
+        def on_step(i: int, total: int) -> None:
+            if self.on_steps is not None:
+                self.on_steps(1)
+            job.on_progress(i, total, time.monotonic() - t0)
+            self._publish(job.generation_id, i, total, time.monotonic() - t0)
+            if job.cancelled():
+                raise Cancelled(f"cancelled after step {i} of {total}")
+
+        self.active += 1
+        try:
+            if not self.group.alive():
+                self._restart()
+            latents = self.group.denoise(job.request, job.cond, job.uncond, on_step)
+        except WorkerGroupError as e:
+            log.error("DiT worker group failed: %s", e)
+            job.on_error(e)
+            self._restart()
+            return
+        except BaseException as e:  # Cancelled, or a callback error
+            job.on_error(e)
+            return
+        finally:
+            self.active -= 1
+        job.on_done(latents)
+
+    def _restart(self) -> None:
+        try:
+            self.group.close(timeout=5)
+        except Exception:
+            pass
+        log.warning("respawning the DiT worker group")
+        self.group = WorkerGroup(self.spec)
+        if self.on_restart is not None:
+            self.on_restart()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking work, let the thread exit, stop the workers (bounded by timeout)."""
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
+        self.group.cancel()
+        self._closing.set()
+        self._thread.join(timeout)
+        self.group.close(timeout)

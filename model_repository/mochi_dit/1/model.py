@@ -1,0 +1,162 @@
+"""Triton adapter for the DiT worker group (thin layer over mochi_runtime.serving.dit_engine).
+
+The stub process never initialises CUDA: the workers are spawned and own the GPUs.
+"""
+import json
+import threading
+import time
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+from mochi_runtime.parallel import GroupSpec, Layout
+from mochi_runtime.pipeline import open_model_dir
+from mochi_runtime.serving import adapters as A
+from mochi_runtime.serving.dit_engine import DiTEngine, Job
+from mochi_runtime.text_encoder import TextEmbedding
+from mochi_runtime.validation import GenerationRequest, RequestError, validate
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def _text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def instance_index(args) -> int:
+    try:
+        return int(args["model_instance_name"].rsplit("_", 1)[-1])
+    except (KeyError, ValueError):
+        return 0
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        p = A.model_params(args)
+        self.limits, self.defaults = A.limits_from(p), A.defaults_from(p)
+        self.stop_timeout = float(p.get("stop_timeout_s") or 30)
+        layout = Layout(2 if p.get("cfg_parallel", "").lower() in ("1", "true", "yes") else 1,
+                        int(p.get("ulysses") or 1), int(p.get("ring") or 1))
+        gpu_sets = [s for s in (p.get("gpus") or "").split(";") if s.strip()]
+        devices = None
+        if gpu_sets:
+            idx = instance_index(args)
+            if idx >= len(gpu_sets):
+                raise ValueError(f"instance {idx} has no GPU set in gpus={p['gpus']!r}")
+            devices = tuple(int(d) for d in gpu_sets[idx].split(","))
+        elif int(p.get("cpu_world") or layout.world) != layout.world:
+            raise ValueError(f"cpu_world {p.get('cpu_world')} != {layout.describe()}")
+        md_path = A.model_dir(p)
+        self.feat_dim = open_model_dir(md_path).dit_config().t5_feat_dim
+        self._fams = []
+        for fam, m, name in (
+            A.histogram(pb_utils, "mochi_denoise_latency_seconds", "DiT denoising time per generation",
+                        A.LATENCY_BUCKETS) + ("latency",),
+            A.counter(pb_utils, "mochi_denoise_steps_total", "Denoising steps run") + ("steps",),
+            A.gauge(pb_utils, "mochi_active_generations", "Generations running on the DiT group") + ("active",),
+            A.counter(pb_utils, "mochi_dit_group_restarts_total", "Times the DiT worker group was respawned")
+            + ("restarts",),
+            A.counter(pb_utils, "mochi_generations_cancelled_total", "Generations stopped by cancellation")
+            + ("cancelled",),
+        ):
+            self._fams.append(fam)
+            setattr(self, f"m_{name}", m)
+        self.engine = DiTEngine(
+            GroupSpec(layout, md_path, devices, p.get("dtype") or "auto", p.get("attention") or "auto"),
+            max_queue=int(p.get("max_queue") or 8),
+            on_restart=lambda: self.m_restarts.increment(1),
+            on_steps=self.m_steps.increment,
+        )
+        self._warm_up()
+
+    def _warm_up(self):
+        """One 1-step generation at the smallest size, so the first user request pays no start-up cost."""
+        done = threading.Event()
+        err = []
+        z = TextEmbedding(torch.zeros(1, 4, self.feat_dim), torch.ones(1, 4, dtype=torch.bool))
+        req = GenerationRequest("warm-up", num_frames=7, height=32, width=32, steps=1)
+        self.engine.submit(Job(req, z, z, lambda *a: None, lambda _: done.set(),
+                               lambda e: (err.append(e), done.set())))
+        done.wait(600)
+        if err:
+            raise RuntimeError(f"DiT warm-up failed: {err[0]}")
+
+    def _control(self, request, sender) -> bool:
+        """CANCEL and PROGRESS_OF requests; True when the request was one of them."""
+        cancel = _text(A.single(pb_utils, request, "CANCEL"))
+        if cancel is not None:
+            found = self.engine.cancel(cancel)
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("STEP", np.array([int(found), 0], np.int32))]),
+                        flags=FINAL)
+            return True
+        gen_id = _text(A.single(pb_utils, request, "PROGRESS_OF"))
+        if gen_id is not None:
+            after = int(A.single(pb_utils, request, "AFTER_STEP") or 0)
+
+            def reply(step, total, elapsed):
+                sender.send(pb_utils.InferenceResponse([
+                    pb_utils.Tensor("STEP", np.array([step, total], dtype=np.int32)),
+                    pb_utils.Tensor("ELAPSED", np.array([elapsed], dtype=np.float32)),
+                ]), flags=FINAL)
+
+            self.engine.wait_progress(gen_id, after, reply)
+            return True
+        return False
+
+    def _job(self, request, sender) -> Job | None:
+        if self._control(request, sender):
+            return None
+        embeds = A.input_array(pb_utils, request, "TEXT_EMBEDS")
+        mask = A.input_array(pb_utils, request, "TEXT_MASK")
+        if embeds is None or mask is None:
+            raise RequestError("text_embeds", "TEXT_EMBEDS and TEXT_MASK are required")
+        if embeds.ndim != 3 or embeds.shape[0] != 2 or embeds.shape[2] != self.feat_dim:
+            raise RequestError("text_embeds", f"must be [2, L, {self.feat_dim}], got {list(embeds.shape)}")
+        if mask.shape != embeds.shape[:2]:
+            raise RequestError("text_mask", f"must be [2, {embeds.shape[1]}], got {list(mask.shape)}")
+        if not np.isfinite(embeds).all():
+            raise RequestError("text_embeds", "must be finite")
+        req = validate(GenerationRequest(prompt="", **A.knobs(pb_utils, request, self.defaults)), self.limits,
+                       check_text=False)
+        gen_id = _text(A.single(pb_utils, request, "GENERATION_ID"))
+        feats, m = torch.from_numpy(embeds.copy()), torch.from_numpy(mask.astype(np.bool_))
+        t0 = time.monotonic()
+        self.m_active.increment(1)
+
+        def on_progress(i, total, elapsed):
+            pass  # published to PROGRESS_OF long-polls by the engine
+
+        def on_done(latents):
+            self.m_active.increment(-1)
+            self.m_latency.observe(time.monotonic() - t0)
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("LATENTS", latents.numpy())]), flags=FINAL)
+
+        def on_error(exc):
+            self.m_active.increment(-1)
+            from mochi_runtime.parallel import Cancelled
+
+            if isinstance(exc, Cancelled):
+                self.m_cancelled.increment(1)
+            sender.send(A.error_response(pb_utils, exc), flags=FINAL)
+
+        return Job(req, TextEmbedding(feats[1:], m[1:]), TextEmbedding(feats[:1], m[:1]), on_progress, on_done,
+                   on_error, is_cancelled=sender.is_cancelled, generation_id=gen_id)
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                job = self._job(request, sender)
+                if job is not None:
+                    try:
+                        self.engine.submit(job)
+                    except Exception:
+                        self.m_active.increment(-1)
+                        raise
+            except Exception as e:
+                sender.send(A.error_response(pb_utils, e), flags=FINAL)
+        return None
+
+    def finalize(self):
+        self.engine.close(self.stop_timeout)

@@ -1,0 +1,59 @@
+"""Triton adapter: latents -> frames + mp4 (thin layer over mochi_runtime)."""
+import time
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+from mochi_runtime.pipeline import load_vae, open_model_dir, resolve_dtype
+from mochi_runtime.serving import adapters as A
+from mochi_runtime.validation import RequestError
+from mochi_runtime.vae import frames_to_uint8
+from mochi_runtime.video import mp4_bytes
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = A.model_params(args)
+        self.limits = A.limits_from(params)
+        self.fps = int(params.get("fps") or 30)
+        device = torch.device(params.get("device") or "cpu")
+        self.vae = load_vae(open_model_dir(A.model_dir(params)), device, resolve_dtype(params.get("dtype") or "auto", device))
+        self.device = device
+        self._fam, self.latency = A.histogram(pb_utils, "mochi_vae_latency_seconds",
+                                              "VAE decode + mp4 encode time per request", A.LATENCY_BUCKETS)
+
+    def _check(self, z: np.ndarray) -> None:
+        c = self.vae.cfg.latent_channels
+        if z.ndim != 5 or z.shape[0] != 1 or z.shape[1] != c:
+            raise RequestError("latents", f"must be [1, {c}, T, h, w], got {list(z.shape)}")
+        t, h, w = z.shape[2:]
+        frames = (t - 1) * self.vae.cfg.temporal_factor + 1
+        if t < 2 or h < 1 or w < 1:
+            raise RequestError("latents", f"need T >= 2 latent frames and h, w >= 1, got {list(z.shape)}")
+        if frames > self.limits.max_frames or 64 * h * w > self.limits.max_pixels:
+            raise RequestError("latents", f"decode of {frames} frames at {8 * w}x{8 * h} exceeds this server's caps")
+        if not np.isfinite(z).all():
+            raise RequestError("latents", "must be finite")
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                t0 = time.monotonic()
+                z = A.input_array(pb_utils, request, "LATENTS")
+                self._check(z)
+                with torch.inference_mode():
+                    video = frames_to_uint8(self.vae.decode(torch.from_numpy(z).to(self.device)))[0].cpu().numpy()
+                mp4 = mp4_bytes(video, self.fps)
+                responses.append(pb_utils.InferenceResponse([
+                    pb_utils.Tensor("VIDEO", video),
+                    pb_utils.Tensor("MP4", np.array([mp4], dtype=np.object_)),
+                ]))
+                self.latency.observe(time.monotonic() - t0)
+            except Exception as e:
+                responses.append(A.error_response(pb_utils, e))
+        return responses
+
+    def finalize(self):
+        self.vae = None
