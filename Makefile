@@ -20,9 +20,18 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Real tritonserver on the embedded tiny model, one prompt through the client, mp4 path printed last.
 demo: $(STAMP)
-	$(PY) -m mochi_runtime generate --prompt "a red fox running through fresh snow" \
-		--frames 19 --height 128 --width 192 --steps 8 --out out/demo.mp4
+	@$(PY) scripts/demo.py
+
+# Server in the foreground on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002; override with
+# HTTP_PORT=... GRPC_PORT=... METRICS_PORT=... MODEL_DIR=...).
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+serve: $(STAMP)
+	$(PY) -m mochi_runtime.serving.tritonserver --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) \
+		--metrics-port $(METRICS_PORT) $(if $(MODEL_DIR),--model-dir $(MODEL_DIR),)
 
 clean-venv:
 	rm -rf $(VENV)

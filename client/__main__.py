@@ -1,0 +1,64 @@
+"""python -m client generate --prompt ... --out video.mp4 [--url] [--protocol grpc|http] [--stream] [...]"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .api import Cancelled, MochiClient
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m client")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="text -> mp4 through the Triton deployment")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--out", default="video.mp4")
+    g.add_argument("--url", default=None, help="host:port (default 127.0.0.1:8001 gRPC / :8000 HTTP)")
+    g.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    g.add_argument("--stream", action="store_true", help="progress bar via mochi_stream (gRPC); Ctrl-C cancels")
+    g.add_argument("--frames", type=int, default=None)
+    g.add_argument("--height", type=int, default=None)
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--steps", type=int, default=None)
+    g.add_argument("--guidance", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--timeout", type=float, default=3600.0)
+    a = ap.parse_args(argv)
+    knobs = dict(frames=a.frames, height=a.height, width=a.width, steps=a.steps, guidance=a.guidance, seed=a.seed)
+    with MochiClient(a.url, a.protocol, a.timeout) as client:
+        try:
+            if a.stream:
+                from tqdm import tqdm
+
+                bar = tqdm(desc="denoise", unit="step")
+
+                def progress(i: int, total: int, elapsed: float) -> None:
+                    bar.total = total
+                    bar.n = i
+                    bar.set_postfix(elapsed=f"{elapsed:.1f}s")
+                    bar.refresh()
+
+                try:
+                    result = client.stream(a.prompt, a.negative_prompt, on_progress=progress, **knobs)
+                finally:
+                    bar.close()
+            else:
+                result = client.generate(a.prompt, a.negative_prompt, **knobs)
+        except Cancelled:
+            print("cancelled", file=sys.stderr)
+            return 130
+        except Exception as e:  # server-side errors carry the field and rule
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    result.save(a.out)
+    f, h, w, _ = result.video.shape
+    print(f"{f} frames {w}x{h}", file=sys.stderr)
+    print(os.path.abspath(a.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""A small Python API over tritonclient for the `mochi` ensemble and the `mochi_stream` model."""
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+KNOB_TYPES = {"NUM_FRAMES": "INT32", "HEIGHT": "INT32", "WIDTH": "INT32", "STEPS": "INT32", "GUIDANCE": "FP32",
+              "SEED": "INT64"}
+NP_TYPES = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+
+
+class Cancelled(Exception):
+    pass
+
+
+@dataclass
+class GenerationResult:
+    video: np.ndarray  # uint8 [F, H, W, 3]
+    mp4: bytes
+
+    def save(self, path: str) -> str:
+        with open(path, "wb") as f:
+            f.write(self.mp4)
+        return path
+
+
+class MochiClient:
+    """generate() over HTTP or gRPC through the `mochi` ensemble; stream() over gRPC through `mochi_stream`."""
+
+    def __init__(self, url: str | None = None, protocol: str = "grpc", timeout_s: float = 3600.0) -> None:
+        if protocol not in ("grpc", "http"):
+            raise ValueError("protocol must be 'grpc' or 'http'")
+        self.protocol = protocol
+        self.timeout_s = timeout_s
+        if protocol == "http":
+            import tritonclient.http as mod
+
+            self.url = url or "127.0.0.1:8000"
+            # tritonclient.http's 60 s default would cut off multi-minute generations.
+            self._client = mod.InferenceServerClient(self.url, network_timeout=timeout_s, connection_timeout=timeout_s)
+        else:
+            import tritonclient.grpc as mod
+
+            self.url = url or "127.0.0.1:8001"
+            self._client = mod.InferenceServerClient(self.url)
+        self._mod = mod
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "MochiClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def ready(self) -> bool:
+        try:
+            return bool(self._client.is_server_ready())
+        except Exception:
+            return False
+
+    def _inputs(self, prompt: str, negative_prompt: str | None, **knobs) -> list:
+        mod = self._mod
+        values: list[tuple[str, np.ndarray, str]] = [
+            ("PROMPT", np.array([prompt.encode("utf-8") if isinstance(prompt, str) else prompt], dtype=np.object_),
+             "BYTES")]
+        if negative_prompt is not None:
+            values.append(("NEGATIVE_PROMPT", np.array([negative_prompt.encode("utf-8")], dtype=np.object_), "BYTES"))
+        names = {"frames": "NUM_FRAMES", "height": "HEIGHT", "width": "WIDTH", "steps": "STEPS",
+                 "guidance": "GUIDANCE", "seed": "SEED"}
+        for key, value in knobs.items():
+            if value is None:
+                continue
+            name = names[key]
+            values.append((name, np.array([value], dtype=NP_TYPES[KNOB_TYPES[name]]), KNOB_TYPES[name]))
+        inputs = []
+        for name, arr, dtype in values:
+            inp = mod.InferInput(name, list(arr.shape), dtype)
+            inp.set_data_from_numpy(arr)
+            inputs.append(inp)
+        return inputs
+
+    def generate(self, prompt: str, negative_prompt: str | None = None, *, frames: int | None = None,
+                 height: int | None = None, width: int | None = None, steps: int | None = None,
+                 guidance: float | None = None, seed: int | None = None) -> GenerationResult:
+        inputs = self._inputs(prompt, negative_prompt, frames=frames, height=height, width=width, steps=steps,
+                              guidance=guidance, seed=seed)
+        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        result = self._client.infer("mochi", inputs, **kwargs)
+        return GenerationResult(result.as_numpy("VIDEO"), bytes(result.as_numpy("MP4")[0]))
+
+    def stream(self, prompt: str, negative_prompt: str | None = None, *,
+               on_progress: Callable[[int, int, float], None] | None = None,
+               should_cancel: Callable[[], bool] | None = None, frames: int | None = None,
+               height: int | None = None, width: int | None = None, steps: int | None = None,
+               guidance: float | None = None, seed: int | None = None) -> GenerationResult:
+        """Progress per denoising step; KeyboardInterrupt or should_cancel() cancels on the server."""
+        if self.protocol != "grpc":
+            raise ValueError("streaming needs gRPC (HTTP does not serve decoupled models)")
+        inputs = self._inputs(prompt, negative_prompt, frames=frames, height=height, width=width, steps=steps,
+                              guidance=guidance, seed=seed)
+        events: queue.Queue = queue.Queue()
+        self._client.start_stream(callback=lambda result, error: events.put((result, error)))
+        cancelled = False
+        try:
+            self._client.async_stream_infer("mochi_stream", inputs)
+            while True:
+                try:
+                    result, error = events.get(timeout=0.2)
+                except queue.Empty:
+                    if should_cancel is not None and should_cancel():
+                        raise KeyboardInterrupt
+                    continue
+                if error is not None:
+                    raise RuntimeError(str(error))
+                outputs = {o.name for o in result.get_response().outputs}
+                if "STEP" in outputs and on_progress is not None:
+                    on_progress(int(result.as_numpy("STEP")[0]), int(result.as_numpy("TOTAL_STEPS")[0]),
+                                float(result.as_numpy("ELAPSED")[0]))
+                if "MP4" in outputs:
+                    return GenerationResult(result.as_numpy("VIDEO"), bytes(result.as_numpy("MP4")[0]))
+                if should_cancel is not None and should_cancel():
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            cancelled = True
+            self._client.stop_stream(cancel_requests=True)
+            raise Cancelled("generation cancelled") from None
+        finally:
+            if not cancelled:
+                self._client.stop_stream()

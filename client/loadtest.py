@@ -1,0 +1,90 @@
+"""Load test the `mochi` ensemble with perf_analyzer (count windows) and write its CSV.
+
+    python -m client.loadtest --url 127.0.0.1:8001 --concurrency 1:4 --requests 8 --csv out.csv
+
+perf_analyzer ships in the tritonclient 2.51 wheel; on machines without CUDA it
+needs libb64 and libcudart, which the nvidia-pytriton wheel carries under hashed
+names: we link them under their plain names in a temp dir on LD_LIBRARY_PATH.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DEFAULT_INPUTS = Path(__file__).resolve().parent / "inputs" / "prompts.json"
+
+
+def find_perf_analyzer() -> str:
+    found = shutil.which("perf_analyzer") or str(Path(sys.executable).parent / "perf_analyzer")
+    if not os.path.isfile(found):
+        raise FileNotFoundError("perf_analyzer not found: pip install tritonclient==2.51.0 (it carries the binary)")
+    return found
+
+
+def library_dir() -> str | None:
+    """A folder with libb64.so.0d / libcudart.so.12 links taken from nvidia-pytriton, if installed."""
+    try:
+        import pytriton  # type: ignore
+    except ImportError:
+        return None
+    libs = Path(pytriton.__file__).resolve().parent.parent / "nvidia_pytriton.libs"
+    out = Path(tempfile.mkdtemp(prefix="mochi-pa-libs-"))
+    for pattern, name in (("libb64-*.so.0d", "libb64.so.0d"), ("libcudart-*.so.12*", "libcudart.so.12")):
+        hits = glob.glob(str(libs / pattern))
+        if hits:
+            os.symlink(hits[0], out / name)
+    return str(out)
+
+
+def run(url: str, model: str = "mochi", protocol: str = "grpc", concurrency: str = "1:2", requests: int = 4,
+        inputs: str | Path = DEFAULT_INPUTS, csv_path: str | Path = "perf.csv", streaming: bool = False,
+        timeout_s: float = 1800) -> list[dict[str, str]]:
+    """Run perf_analyzer and return the parsed CSV rows (one per concurrency level)."""
+    cmd = [find_perf_analyzer(), "-m", model, "-u", url, "-i", protocol, "--input-data", str(inputs),
+           "--concurrency-range", concurrency, "--measurement-mode", "count_windows",
+           "--measurement-request-count", str(requests), "--max-trials", "3", "--stability-percentage", "999",
+           "-f", str(csv_path)]
+    if streaming:
+        cmd.append("--streaming")
+    env = dict(os.environ)
+    libdir = library_dir()
+    if libdir:
+        env["LD_LIBRARY_PATH"] = libdir + os.pathsep + env.get("LD_LIBRARY_PATH", "")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"perf_analyzer failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return parse_csv(csv_path)
+
+
+def parse_csv(path: str | Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m client.loadtest")
+    ap.add_argument("--url", default="127.0.0.1:8001")
+    ap.add_argument("--model", default="mochi")
+    ap.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    ap.add_argument("--concurrency", default="1:2", help="perf_analyzer range start:end[:step]")
+    ap.add_argument("--requests", type=int, default=4, help="requests per count window")
+    ap.add_argument("--inputs", default=str(DEFAULT_INPUTS))
+    ap.add_argument("--csv", default="perf.csv")
+    a = ap.parse_args(argv)
+    rows = run(a.url, a.model, a.protocol, a.concurrency, a.requests, a.inputs, a.csv)
+    for r in rows:
+        print(f"concurrency {r['Concurrency']}: {float(r['Inferences/Second']) * 3600:.0f} requests/hour, "
+              f"p50 {int(r['p50 latency']) / 1e6:.2f} s, p99 {int(r['p99 latency']) / 1e6:.2f} s")
+    print(os.path.abspath(a.csv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

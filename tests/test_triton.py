@@ -1,0 +1,215 @@
+"""Against a real tritonserver (nvidia-pytriton's 2.51 build) started here, on the embedded tiny model,
+with mochi_dit running a 2-process gloo group (ulysses 2)."""
+from __future__ import annotations
+
+import math
+import queue
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from client import MochiClient
+from client.api import Cancelled
+from mochi_runtime.parallel.topology import free_port
+from mochi_runtime.serving.tritonserver import ServerConfig, TritonServer
+from mochi_runtime.video import probe_mp4
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(frames=13, height=48, width=80, steps=3, guidance=4.5)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    ports = [free_port() for _ in range(3)]
+    srv = TritonServer(ServerConfig(http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
+                                    work_dir=tmp_path_factory.mktemp("triton")))
+    srv.start()
+    try:
+        srv.wait_ready(600)
+        yield srv
+    finally:
+        rc = srv.stop()
+        print(f"tritonserver exited with {rc}")
+
+
+@pytest.fixture()
+def grpc(server):
+    with MochiClient(server.grpc_url, "grpc") as c:
+        yield c
+
+
+def metric(server, name: str, labels: str = "") -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {") and labels in line:
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    assert found, f"metric {name}{labels} not exported"
+    return total
+
+
+def test_http_and_grpc_generate_mp4_deterministic_and_equal_to_in_process(server, official_dir):
+    with MochiClient(server.http_url, "http") as http:
+        a = http.generate("a red fox in snow", seed=5, **SMALL)
+    with MochiClient(server.grpc_url, "grpc") as g:
+        b = g.generate("a red fox in snow", seed=5, **SMALL)
+        c = g.generate("a red fox in snow", seed=6, **SMALL)
+    assert a.video.shape == (13, 48, 80, 3) and a.video.dtype == np.uint8
+    frames, h, w, codec = probe_mp4(a.mp4)
+    assert (frames, h, w) == (13, 48, 80) and codec == "h264"
+    assert a.video.tobytes() == b.video.tobytes()  # same seed, two protocols: bytes-identical
+    assert not np.array_equal(a.video, c.video)  # another seed differs
+
+    # The in-process pipeline with the same 2-process layout gives the same frames.
+    from mochi_runtime.parallel import GroupSpec, Layout, WorkerGroup
+    from mochi_runtime.pipeline import MochiPipeline
+    from mochi_runtime.validation import GenerationRequest
+
+    with WorkerGroup(GroupSpec(Layout(1, 2, 1))) as group:
+        pipe = MochiPipeline.from_dir(None, device="cpu", denoiser=group)
+        ref = pipe.generate(GenerationRequest("a red fox in snow", num_frames=13, height=48, width=80, steps=3,
+                                              guidance=4.5, seed=5)).frames
+    diff = np.abs(ref.astype(int) - a.video.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() >= 0.999, (diff.max(), (diff == 0).mean())
+
+
+def test_stream_reports_every_step_then_the_video(server, grpc):
+    seen = []
+    result = grpc.stream("waves on rocks", on_progress=lambda i, n, t: seen.append((i, n)), seed=3, **SMALL)
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert result.video.shape == (13, 48, 80, 3)
+    plain = grpc.generate("waves on rocks", seed=3, **SMALL)
+    assert plain.video.tobytes() == result.video.tobytes()
+
+
+def test_cancel_stops_the_group_within_seconds_and_next_request_is_right(server, grpc):
+    before_cancelled = metric(server, "mochi_generations_cancelled_total")
+    steps_seen = []
+
+    def cancel_after_two():
+        return len(steps_seen) >= 2
+
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        grpc.stream("a long one", on_progress=lambda i, n, t: steps_seen.append(i), should_cancel=cancel_after_two,
+                    frames=13, height=48, width=80, steps=200, seed=9)
+    deadline = time.monotonic() + 5
+    while metric(server, "mochi_generations_cancelled_total") <= before_cancelled and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric(server, "mochi_generations_cancelled_total") == before_cancelled + 1, "DiT did not stop in 5 s"
+    stopped_at = metric(server, "mochi_denoise_steps_total")
+    time.sleep(1.0)
+    assert metric(server, "mochi_denoise_steps_total") == stopped_at  # the group is idle, no rank left running
+    assert time.monotonic() - t0 < 60
+    again = grpc.generate("waves on rocks", seed=3, **SMALL)
+    ref = grpc.stream("waves on rocks", seed=3, **SMALL)
+    assert again.video.tobytes() == ref.video.tobytes()
+
+
+BAD = [
+    ("NUM_FRAMES", np.int32, 8, "num_frames"), ("NUM_FRAMES", np.int32, 1, "num_frames"),
+    ("NUM_FRAMES", np.int32, 169, "num_frames"), ("HEIGHT", np.int32, 50, "height"), ("WIDTH", np.int32, 0, "width"),
+    ("WIDTH", np.int32, -16, "width"), ("STEPS", np.int32, 0, "steps"), ("STEPS", np.int32, 100000, "steps"),
+    ("GUIDANCE", np.float32, math.nan, "guidance"), ("GUIDANCE", np.float32, math.inf, "guidance"),
+    ("GUIDANCE", np.float32, 0.25, "guidance"), ("SEED", np.int64, -1, "seed"),
+    ("PROMPT", np.object_, b"", "prompt"), ("PROMPT", np.object_, b"x" * 5000, "prompt"),
+    ("PROMPT", np.object_, b"\xff\xfe\xfd", "prompt"), ("PROMPT", np.object_, b"a\x00b", "prompt"),
+    ("NEGATIVE_PROMPT", np.object_, b"y" * 5000, "negative_prompt"),
+]
+TYPES = {np.int32: "INT32", np.int64: "INT64", np.float32: "FP32", np.object_: "BYTES"}
+
+
+def _infer(client, overrides: dict, extra: list | None = None):
+    values = {"PROMPT": (np.object_, b"a cat"), "NUM_FRAMES": (np.int32, 13), "HEIGHT": (np.int32, 48),
+              "WIDTH": (np.int32, 80), "STEPS": (np.int32, 2)}
+    values.update(overrides)
+    inputs = []
+    for name, (dt, v) in values.items():
+        arr = np.array([v], dtype=dt)
+        inp = grpcclient.InferInput(name, list(arr.shape), TYPES[dt])
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    return client.infer("mochi", inputs + (extra or []), client_timeout=300)
+
+
+@pytest.mark.parametrize("name,dt,value,field", BAD, ids=[f"{b[0]}={b[2]!r:.12}" for b in BAD])
+def test_bad_request_is_invalid_arg_naming_the_field(server, name, dt, value, field):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(InferenceServerException) as e:
+        _infer(client, {name: (dt, value)})
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT", e.value
+    assert re.search(rf"\b{field}\b", e.value.message()), e.value.message()
+
+
+def test_wrong_dtype_shape_and_unknown_input_are_rejected_and_server_stays_healthy(server, grpc):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    wrong_dtype = grpcclient.InferInput("STEPS", [1], "FP32")
+    wrong_dtype.set_data_from_numpy(np.array([2.0], dtype=np.float32))
+    wrong_shape = grpcclient.InferInput("SEED", [2], "INT64")
+    wrong_shape.set_data_from_numpy(np.array([1, 2], dtype=np.int64))
+    unknown = grpcclient.InferInput("FOO", [1], "INT32")
+    unknown.set_data_from_numpy(np.array([1], dtype=np.int32))
+    for extra, word in ((wrong_dtype, "STEPS"), (wrong_shape, "SEED"), (unknown, "FOO")):
+        base = {"PROMPT": (np.object_, b"a cat")}
+        inputs = []
+        for n, (dt, v) in base.items():
+            inp = grpcclient.InferInput(n, [1], TYPES[dt])
+            inp.set_data_from_numpy(np.array([v], dtype=dt))
+            inputs.append(inp)
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("mochi", inputs + [extra], client_timeout=120)
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and word in e.value.message(), e.value
+    # HTTP too: 400 with the field named.
+    with MochiClient(server.http_url, "http") as http:
+        with pytest.raises(InferenceServerException) as e:
+            http.generate("a cat", frames=10, height=48, width=80, steps=2)
+        assert "num_frames" in e.value.message() and "400" in str(e.value.status())
+    assert client.is_server_live() and client.is_server_ready()
+    for model in ("mochi", "t5_encoder", "mochi_dit", "vae_decoder", "mochi_stream"):
+        assert client.is_model_ready(model)
+    ok = grpc.generate("a red fox in snow", seed=5, **SMALL)
+    ok2 = grpc.generate("a red fox in snow", seed=5, **SMALL)
+    assert ok.video.shape == (13, 48, 80, 3) and ok.video.tobytes() == ok2.video.tobytes()
+
+
+def test_metrics_move_and_repeated_prompt_hits_t5_cache(server, grpc):
+    steps0 = metric(server, "mochi_denoise_steps_total")
+    dit0 = metric(server, "mochi_denoise_latency_seconds_count")
+    hits0 = metric(server, "nv_cache_num_hits_per_model", 'model="t5_encoder"')
+    prompt = f"a cached prompt {time.time()}"
+    grpc.generate(prompt, seed=1, **SMALL)
+    grpc.generate(prompt, seed=2, **SMALL)  # same prompt, other seed: T5 answered from the cache
+    assert metric(server, "mochi_denoise_steps_total") == steps0 + 2 * SMALL["steps"]
+    assert metric(server, "mochi_denoise_latency_seconds_count") == dit0 + 2
+    assert metric(server, "mochi_t5_latency_seconds_count") >= 1
+    assert metric(server, "mochi_vae_latency_seconds_count") >= 2
+    assert metric(server, "nv_cache_num_hits_per_model", 'model="t5_encoder"') >= hits0 + 1
+    assert metric(server, "mochi_active_generations") == 0
+
+
+def test_perf_analyzer_csv(server, tmp_path):
+    from client.loadtest import run
+
+    rows = run(server.grpc_url, concurrency="1:2", requests=3, csv_path=tmp_path / "perf.csv")
+    assert [int(r["Concurrency"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert float(r["Inferences/Second"]) > 0
+        assert int(r["p50 latency"]) > 0 and int(r["p99 latency"]) >= int(r["p50 latency"])
+
+
+def test_make_demo_writes_the_mp4(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py")], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert path.is_file() and probe_mp4(path)[:3] == (19, 96, 160)
