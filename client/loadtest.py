@@ -64,8 +64,9 @@ def run(url: str, model: str = "mochi", protocol: str = "grpc", concurrency: str
 
 
 def parse_csv(path: str | Path) -> list[dict[str, str]]:
+    """Rows of perf_analyzer's CSV, by concurrency (the file itself is ordered by throughput)."""
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return sorted(csv.DictReader(f), key=lambda r: int(r.get("Concurrency") or 0))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from .text_encoder import TextEmbedding, TextEncoder
 from .timing import StageTimes
 from .validation import GenerationRequest, Limits, validate
 from .vae import VAEDecoder, frames_to_uint8
+from .vae_tiling import TilePlan, decode_tiled
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,10 @@ class LocalDenoiser:
 
 
 class MochiPipeline:
-    def __init__(self, text_encoder: TextEncoder, denoiser: Denoiser, vae: VAEDecoder, limits: Limits = Limits()):
+    def __init__(self, text_encoder: TextEncoder, denoiser: Denoiser, vae: VAEDecoder, limits: Limits = Limits(),
+                 tile_plan: TilePlan = TilePlan()):
         self.text_encoder, self.denoiser, self.vae, self.limits = text_encoder, denoiser, vae, limits
+        self.tile_plan = tile_plan
 
     @classmethod
     def from_dir(
@@ -156,7 +159,8 @@ class MochiPipeline:
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
-        video = self.vae.decode(latents.to(self.device))
+        """Temporally tiled decode (exact: equals the untiled decode) -> uint8 [F, H, W, 3]."""
+        video = decode_tiled(self.vae, latents.to(self.device), self.tile_plan)
         return frames_to_uint8(video)[0].cpu().numpy()
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:

@@ -9,6 +9,7 @@ from mochi_runtime.pipeline import load_vae, open_model_dir, resolve_dtype
 from mochi_runtime.serving import adapters as A
 from mochi_runtime.validation import RequestError
 from mochi_runtime.vae import frames_to_uint8
+from mochi_runtime.vae_tiling import TilePlan, decode_tiled, plan_for_budget
 from mochi_runtime.video import mp4_bytes
 
 
@@ -20,6 +21,8 @@ class TritonPythonModel:
         device = torch.device(params.get("device") or "cpu")
         self.vae = load_vae(open_model_dir(A.model_dir(params)), device, resolve_dtype(params.get("dtype") or "auto", device))
         self.device = device
+        self.chunk_frames = int(params.get("chunk_frames") or 4)
+        self.budget = int(params.get("memory_budget_bytes") or 0)
         self._fam, self.latency = A.histogram(pb_utils, "mochi_vae_latency_seconds",
                                               "VAE decode + mp4 encode time per request", A.LATENCY_BUCKETS)
 
@@ -43,8 +46,10 @@ class TritonPythonModel:
                 t0 = time.monotonic()
                 z = A.input_array(pb_utils, request, "LATENTS")
                 self._check(z)
-                with torch.inference_mode():
-                    video = frames_to_uint8(self.vae.decode(torch.from_numpy(z).to(self.device)))[0].cpu().numpy()
+                plan = (plan_for_budget(self.vae, z.shape, self.budget) if self.budget
+                        else TilePlan(frames=self.chunk_frames))
+                video = decode_tiled(self.vae, torch.from_numpy(z).to(self.device), plan)
+                video = frames_to_uint8(video)[0].cpu().numpy()
                 mp4 = mp4_bytes(video, self.fps)
                 responses.append(pb_utils.InferenceResponse([
                     pb_utils.Tensor("VIDEO", video),
