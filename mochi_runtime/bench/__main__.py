@@ -1,13 +1,17 @@
 import sys
 
+SUBCOMMANDS = ("dit", "load")
+
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("dit",):
-        print("usage: python -m mochi_runtime.bench dit [options]", file=sys.stderr)
+    if len(sys.argv) < 2 or sys.argv[1] not in SUBCOMMANDS:
+        print(f"usage: python -m mochi_runtime.bench {{{'|'.join(SUBCOMMANDS)}}} [options]", file=sys.stderr)
         return 2
     kind = sys.argv.pop(1)
-    from .dit import main as run
-
+    if kind == "dit":
+        from .dit import main as run
+    else:
+        from .load import main as run
     return run()
 
 
