@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -38,22 +37,34 @@ def write_checkpoint(folder: Path) -> float:
     return time.perf_counter() - t0
 
 
+def vm_hwm_gib() -> float:
+    """Peak resident set of this process since exec (VmHWM; ru_maxrss would include the forking parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
 def load_once(folder: str, device: str) -> dict:
     """Runs in a fresh process: load, then report time and peaks."""
     from ..checkpoints import ModelDir
     from ..pipeline import load_dit
 
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    rss0 = vm_hwm_gib()
     t0 = time.perf_counter()
     dit = load_dit(ModelDir.open(folder), torch.device(device), torch.bfloat16, compile=False)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+    else:  # make every weight resident (safetensors may hand back lazily mapped storage)
+        with torch.no_grad():
+            for p in dit.parameters():
+                p.sum()
     secs = time.perf_counter() - t0
     params = sum(p.numel() for p in dit.parameters())
     return {
         "device": device, "load_s": round(secs, 1), "params": params,
         "weights_gib": round(params * 2 / 2**30, 2),
-        "peak_host_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_host_rss_gib": round(vm_hwm_gib(), 2),
         "host_rss_before_gib": round(rss0, 2),
         "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else 0.0,
     }
