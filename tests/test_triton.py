@@ -214,3 +214,67 @@ def test_make_demo_writes_the_mp4(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = Path(proc.stdout.strip().splitlines()[-1])
     assert path.is_file() and probe_mp4(path)[:3] == (19, 96, 160)
+
+
+def _dit_workers() -> list[int]:
+    """PIDs of the mochi_dit stub's spawned worker processes."""
+    stubs = []
+    for pid in (p for p in Path("/proc").iterdir() if p.name.isdigit()):
+        try:
+            cmd = (pid / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"triton_python_backend_stub" in cmd and b"/mochi_dit/" in cmd:
+            stubs.append(int(pid.name))
+    workers = []
+    for pid in (p for p in Path("/proc").iterdir() if p.name.isdigit()):
+        try:
+            stat = (pid / "stat").read_text()
+            cmd = (pid / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid in stubs and b"multiprocessing" in cmd and b"resource_tracker" not in cmd:
+            workers.append(int(pid.name))
+    return workers
+
+
+def test_killed_dit_worker_fails_the_request_then_the_group_respawns(server, grpc):
+    import os
+    import signal
+    import threading
+
+    before = grpc.generate("a red fox in snow", seed=5, **SMALL)
+    workers = _dit_workers()
+    assert len(workers) == 2, workers
+    restarts0 = metric(server, "mochi_dit_group_restarts_total")
+    errors: list = []
+
+    def long_request():
+        try:
+            grpc.generate("doomed", frames=13, height=48, width=80, steps=200, seed=1)
+        except InferenceServerException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=long_request)
+    t0 = time.monotonic()
+    t.start()
+    while metric(server, "mochi_active_generations") < 1 and time.monotonic() - t0 < 30:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.kill(workers[1], signal.SIGKILL)
+    t.join(60)
+    assert not t.is_alive() and errors, "request did not fail"
+    assert time.monotonic() - t0 < 30 + 30  # error within 30 s of the kill (plus start-up slack)
+    assert "worker group is down" in errors[0].message()
+    deadline = time.monotonic() + 60
+    while metric(server, "mochi_dit_group_restarts_total") < restarts0 + 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metric(server, "mochi_dit_group_restarts_total") == restarts0 + 1
+    assert not any(Path(f"/proc/{w}").exists() for w in workers[1:])
+    new_workers = _dit_workers()
+    assert len(new_workers) == 2 and not set(new_workers) & set(workers)
+    a = grpc.generate("a red fox in snow", seed=5, **SMALL)
+    b = grpc.generate("a red fox in snow", seed=5, **SMALL)
+    assert a.video.shape == (13, 48, 80, 3) and a.video.tobytes() == b.video.tobytes()
+    assert a.video.tobytes() == before.video.tobytes()  # the respawned group computes the same video
