@@ -278,3 +278,30 @@ def test_killed_dit_worker_fails_the_request_then_the_group_respawns(server, grp
     b = grpc.generate("a red fox in snow", seed=5, **SMALL)
     assert a.video.shape == (13, 48, 80, 3) and a.video.tobytes() == b.video.tobytes()
     assert a.video.tobytes() == before.video.tobytes()  # the respawned group computes the same video
+
+
+def test_queue_overload_rejects_the_excess_and_loses_nothing(server):
+    """mochi_dit queues at most 8 generations (max_queue) besides the running one: with 14 at once the
+    excess is refused at once with UNAVAILABLE, and every accepted request gets its own seed's video."""
+    knobs = dict(SMALL, steps=12)  # slow enough that all requests arrive while the first denoises
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(seed):
+        with MochiClient(server.grpc_url, "grpc") as c:
+            t0 = time.monotonic()
+            try:
+                return seed, c.generate("queue test", seed=seed, **knobs), None, time.monotonic() - t0
+            except InferenceServerException as e:
+                return seed, None, e, time.monotonic() - t0
+
+    with ThreadPoolExecutor(14) as pool:
+        results = list(pool.map(one, range(100, 114)))
+    accepted = [(s, r) for s, r, e, _ in results if r is not None]
+    rejected = [(s, e, dt) for s, _, e, dt in results if e is not None]
+    assert rejected and len(accepted) >= 9, (len(accepted), [str(e) for _, e, _ in rejected])
+    for _, e, dt in rejected:
+        assert e.status() == "StatusCode.UNAVAILABLE" and "queue is full" in e.message(), e
+        assert dt < 5, dt  # refused at once, not after waiting
+    with MochiClient(server.grpc_url, "grpc") as c:
+        for seed, r in accepted:  # each response matches its own request's seed
+            assert r.video.tobytes() == c.generate("queue test", seed=seed, **knobs).video.tobytes(), seed
