@@ -305,3 +305,13 @@ def test_queue_overload_rejects_the_excess_and_loses_nothing(server):
     with MochiClient(server.grpc_url, "grpc") as c:
         for seed, r in accepted:  # each response matches its own request's seed
             assert r.video.tobytes() == c.generate("queue test", seed=seed, **knobs).video.tobytes(), seed
+
+
+def test_same_request_after_a_server_restart_is_bytes_identical(server, grpc, tmp_path):
+    first = grpc.generate("a red fox in snow", seed=21, **SMALL)
+    ports = [free_port() for _ in range(3)]
+    with TritonServer(ServerConfig(http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
+                                   work_dir=tmp_path)) as other:
+        with MochiClient(other.grpc_url, "grpc") as c:
+            again = c.generate("a red fox in snow", seed=21, **SMALL)
+    assert again.video.tobytes() == first.video.tobytes()
