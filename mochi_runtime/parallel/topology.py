@@ -99,10 +99,6 @@ class ParallelGroups:
     def sp_rank(self) -> int:
         return self.ring_index * self.layout.ulysses + self.ulysses_index
 
-    def destroy(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A free TCP port on host (the OS picks it; nothing is hard-coded)."""

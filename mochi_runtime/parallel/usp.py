@@ -74,7 +74,6 @@ class USPJointAttention:
         # from one fp32 kernel call only by that call's own rounding.
         self.ring_kernel = kernel if torch.cuda.is_available() else "math"
         self.valid_tokens = 0  # visual tokens before padding, set per forward
-        self.local_tokens = 0  # tokens per sp rank (after padding)
 
     def _ring(self, q: torch.Tensor, kv: torch.Tensor, text_kv: torch.Tensor, block_len: int):
         """Attend q to every ring block of kv ([2, b, h, S, D]) plus text_kv."""
@@ -156,7 +155,7 @@ class SequenceParallelDiT:
         start = g.sp_rank * n_local
         local = F.pad(tokens, (0, 0, 0, pad))[:, start:start + n_local]
         rope = tuple(F.pad(t, (0, 0, 0, 0, 0, pad))[start:start + n_local] for t in (cos, sin))
-        self.attention.valid_tokens, self.attention.local_tokens = n, n_local
+        self.attention.valid_tokens = n
         local = dit.run_blocks(local, c, y, y_mask.bool(), rope)
         if sp > 1:
             b, _, d = local.shape

@@ -113,9 +113,6 @@ class DiTEngine:
             for w, st in zip(due, states):
                 w[3](*st)
 
-    def healthy(self) -> bool:
-        return self._thread.is_alive() and self.group.alive()
-
     def _forget(self, job: Job) -> None:
         if job.generation_id:
             with self._lock:
