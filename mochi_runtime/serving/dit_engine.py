@@ -58,6 +58,7 @@ class DiTEngine:
         self._closing = threading.Event()
         self._reaper.start()
         self.active = 0
+        self._restart_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="mochi-dit-engine", daemon=True)
         self._thread.start()
 
@@ -131,6 +132,12 @@ class DiTEngine:
                 return
             try:
                 self._execute(job)
+            except BaseException as e:  # the engine thread must outlive any one job
+                log.exception("DiT engine: job failed outside the group")
+                try:
+                    job.on_error(e)
+                except Exception:
+                    pass
             finally:
                 self._forget(job)
 
@@ -148,10 +155,14 @@ class DiTEngine:
             if job.cancelled():
                 raise Cancelled(f"cancelled after step {i} of {total}")
 
+        if not self.group.alive():
+            self._restart()
+            if not self.group.alive():
+                job.on_error(WorkerGroupError(f"DiT worker group is down and could not be restarted: "
+                                              f"{self._restart_error}"))
+                return
         self.active += 1
         try:
-            if not self.group.alive():
-                self._restart()
             latents = self.group.denoise(job.request, job.cond, job.uncond, on_step)
         except WorkerGroupError as e:
             log.error("DiT worker group failed: %s", e)
@@ -171,7 +182,13 @@ class DiTEngine:
         except Exception:
             pass
         log.warning("respawning the DiT worker group")
-        self.group = WorkerGroup(self.spec)
+        try:
+            self.group = WorkerGroup(self.spec)
+        except Exception as e:  # stays down; the next job tries again and fails with this reason
+            log.error("DiT worker group restart failed: %s", e)
+            self._restart_error = e
+            return
+        self._restart_error = None
         if self.on_restart is not None:
             self.on_restart()
 
