@@ -45,11 +45,17 @@ def init_random_(module: torch.nn.Module, seed: int, scale: float = 1.0) -> torc
     return module
 
 
-def random_dit_state(cfg: DiTConfig, seed: int = EMBEDDED_SEED) -> dict[str, torch.Tensor]:
-    model = init_random_(AsymmDiT(cfg), seed)
+def init_random_dit_(dit: AsymmDiT, seed: int) -> AsymmDiT:
+    """Seeded random DiT weights, identical on every device and every rank given the seed."""
+    init_random_(dit, seed)
     with torch.no_grad():
-        model.pos_frequencies.uniform_(0, 0.5, generator=torch.Generator().manual_seed(seed))
-    return model.state_dict()
+        device = dit.pos_frequencies.device
+        dit.pos_frequencies.uniform_(0, 0.5, generator=torch.Generator(device).manual_seed(seed))
+    return dit
+
+
+def random_dit_state(cfg: DiTConfig, seed: int = EMBEDDED_SEED) -> dict[str, torch.Tensor]:
+    return init_random_dit_(AsymmDiT(cfg), seed).state_dict()
 
 
 def random_vae_state(cfg: VAEConfig, seed: int = EMBEDDED_SEED + 1) -> dict[str, torch.Tensor]:

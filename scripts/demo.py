@@ -2,7 +2,6 @@
 client, write the mp4, stop the server, and print the mp4 path last."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time

@@ -1,7 +1,6 @@
 """Functions run inside real gloo worker processes by tests/test_parallel.py (must be importable)."""
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import torch
@@ -15,9 +14,10 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
     from mochi_runtime.pipeline import load_dit
     from mochi_runtime.text_encoder import TextEmbedding
 
+    from mochi_runtime.parallel.topology import join_loopback_group
+
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(minutes=5))
+    join_loopback_group(rank, world, port, gpu=False, timeout=timedelta(minutes=5))
     try:
         groups = ParallelGroups(layout)
         md = ModelDir.open(model_dir)

@@ -3,7 +3,6 @@ with mochi_dit running a 2-process gloo group (ulysses 2)."""
 from __future__ import annotations
 
 import math
-import queue
 import re
 import subprocess
 import sys
@@ -14,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from client import MochiClient

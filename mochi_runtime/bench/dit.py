@@ -14,7 +14,7 @@ from ..attention import LocalJointAttention
 from ..checkpoints import dit_key_map, to_diffusers
 from ..config import get_preset
 from ..dit import AsymmDiT
-from ..tiny import init_random_
+from ..tiny import init_random_dit_
 from .common import peak_gib, print_table, time_cuda, write_record
 
 
@@ -33,10 +33,7 @@ def build_dit(preset: str, device, dtype, seed: int = 0) -> AsymmDiT:
     cfg = get_preset(preset).dit
     with torch.device("meta"):
         dit = AsymmDiT(cfg)
-    dit = dit.to_empty(device=device).to(dtype)
-    init_random_(dit, seed)
-    with torch.no_grad():  # seeded: every rank and every run must hold the very same weights
-        dit.pos_frequencies.uniform_(0, 0.5, generator=torch.Generator(device).manual_seed(seed))
+    dit = init_random_dit_(dit.to_empty(device=device).to(dtype), seed)
     return dit.eval().requires_grad_(False)
 
 

@@ -4,7 +4,6 @@ against the 1-GPU run of the same weights and inputs in the same invocation.
 """
 from __future__ import annotations
 
-import os
 import queue
 from datetime import timedelta
 
@@ -12,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ..parallel.topology import Layout, ParallelGroups, free_port
+from ..parallel.topology import Layout, ParallelGroups, free_port, join_loopback_group
 from ..parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
 from ..text_encoder import TextEmbedding
 from .common import time_cuda
@@ -26,15 +25,10 @@ def parse_layout(text: str) -> Layout:
 
 
 def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     gpu = torch.cuda.is_available()
-    if gpu:
-        torch.cuda.set_device(rank)
-        dist.init_process_group("nccl", rank=rank, world_size=layout.world, timeout=timedelta(minutes=20),
-                                device_id=torch.device("cuda", rank))
-    else:  # CPU smoke runs (tiny preset) with gloo
+    if not gpu:  # CPU smoke runs (tiny preset) with gloo
         torch.set_num_threads(1)
-        dist.init_process_group("gloo", rank=rank, world_size=layout.world, timeout=timedelta(minutes=20))
+    join_loopback_group(rank, layout.world, port, gpu, timedelta(minutes=20))
     try:
         groups = ParallelGroups(layout)
         dev = torch.device("cuda", rank) if gpu else torch.device("cpu")

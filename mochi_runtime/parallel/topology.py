@@ -109,6 +109,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def join_loopback_group(rank: int, world: int, port: int, gpu: bool, timeout: timedelta) -> None:
+    """init_process_group on 127.0.0.1:port: NCCL bound to cuda:rank on GPU, gloo on CPU."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if gpu:
+        torch.cuda.set_device(rank)
+        dist.init_process_group("nccl", rank=rank, world_size=world, timeout=timeout,
+                                device_id=torch.device("cuda", rank))
+    else:
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timeout)
+
+
 def device_for_rank(local_rank: int) -> torch.device:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)

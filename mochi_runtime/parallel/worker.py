@@ -111,19 +111,16 @@ def worker_main(rank: int, spec: GroupSpec, port: int, parent_pid: int, conn, ca
     die_with_parent(parent_pid)
     if spec.devices:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in spec.devices)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(spec.layout.world), LOCAL_RANK=str(rank))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(spec.layout.world), LOCAL_RANK=str(rank))
     logging.basicConfig(level=logging.WARNING, format=f"[mochi worker {rank}] %(levelname)s %(message)s")
     import torch
     import torch.distributed as dist
 
+    from .topology import join_loopback_group
+
     torch.set_num_threads(spec.threads or max(1, (os.cpu_count() or 1) // spec.layout.world))
-    backend = "nccl" if spec.devices else "gloo"
     try:
-        if spec.devices:
-            torch.cuda.set_device(rank)
-        dist.init_process_group(backend, rank=rank, world_size=spec.layout.world, timeout=timedelta(minutes=30),
-                                **({"device_id": torch.device("cuda", rank)} if spec.devices else {}))
+        join_loopback_group(rank, spec.layout.world, port, bool(spec.devices), timedelta(minutes=30))
         model, device = build_model(spec, rank)
         dist.barrier(group=model.groups.control)
         if rank == 0:

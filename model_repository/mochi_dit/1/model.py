@@ -2,7 +2,6 @@
 
 The stub process never initialises CUDA: the workers are spawned and own the GPUs.
 """
-import json
 import threading
 import time
 

@@ -4,7 +4,6 @@ Each request runs on a worker thread: it forwards the DiT's per-step progress to
 the client and, when the client cancels, asks mochi_dit to stop that generation
 (by id) so the group halts at the next step; the client is answered CANCELLED.
 """
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
