@@ -20,7 +20,7 @@ def run(engine: DiTEngine, timeout: float = 120):
     done = threading.Event()
     box: dict = {}
     emb = TextEmbedding(torch.zeros(1, 4, 64), torch.ones(1, 4, dtype=torch.bool))
-    engine.submit(Job(REQ, emb, emb, lambda *a: None, lambda z: (box.update(ok=z), done.set()),
+    engine.submit(Job(REQ, emb, emb, lambda z: (box.update(ok=z), done.set()),
                       lambda e: (box.update(err=e), done.set())))
     assert done.wait(timeout), "job never answered"
     return box

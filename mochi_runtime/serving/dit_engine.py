@@ -28,7 +28,6 @@ class Job:
     request: GenerationRequest
     cond: TextEmbedding
     uncond: TextEmbedding
-    on_progress: Callable[[int, int, float], None]
     on_done: Callable[[object], None]
     on_error: Callable[[BaseException], None]
     is_cancelled: Callable[[], bool] = lambda: False
@@ -57,7 +56,6 @@ class DiTEngine:
         self._reaper = threading.Thread(target=self._reap, name="mochi-dit-progress", daemon=True)
         self._closing = threading.Event()
         self._reaper.start()
-        self.active = 0
         self._restart_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="mochi-dit-engine", daemon=True)
         self._thread.start()
@@ -150,7 +148,6 @@ class DiTEngine:
         def on_step(i: int, total: int) -> None:
             if self.on_steps is not None:
                 self.on_steps(1)
-            job.on_progress(i, total, time.monotonic() - t0)
             self._publish(job.generation_id, i, total, time.monotonic() - t0)
             if job.cancelled():
                 raise Cancelled(f"cancelled after step {i} of {total}")
@@ -161,7 +158,6 @@ class DiTEngine:
                 job.on_error(WorkerGroupError(f"DiT worker group is down and could not be restarted: "
                                               f"{self._restart_error}"))
                 return
-        self.active += 1
         try:
             latents = self.group.denoise(job.request, job.cond, job.uncond, on_step)
         except WorkerGroupError as e:
@@ -172,8 +168,6 @@ class DiTEngine:
         except BaseException as e:  # Cancelled, or a callback error
             job.on_error(e)
             return
-        finally:
-            self.active -= 1
         job.on_done(latents)
 
     def _restart(self) -> None:

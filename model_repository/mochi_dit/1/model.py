@@ -75,7 +75,7 @@ class TritonPythonModel:
         err = []
         z = TextEmbedding(torch.zeros(1, 4, self.feat_dim), torch.ones(1, 4, dtype=torch.bool))
         req = GenerationRequest("warm-up", num_frames=7, height=32, width=32, steps=1)
-        self.engine.submit(Job(req, z, z, lambda *a: None, lambda _: done.set(),
+        self.engine.submit(Job(req, z, z, lambda _: done.set(),
                                lambda e: (err.append(e), done.set())))
         done.wait(600)
         if err:
@@ -123,9 +123,6 @@ class TritonPythonModel:
         t0 = time.monotonic()
         self.m_active.increment(1)
 
-        def on_progress(i, total, elapsed):
-            pass  # published to PROGRESS_OF long-polls by the engine
-
         def on_done(latents):
             self.m_active.increment(-1)
             self.m_latency.observe(time.monotonic() - t0)
@@ -139,7 +136,7 @@ class TritonPythonModel:
                 self.m_cancelled.increment(1)
             sender.send(A.error_response(pb_utils, exc), flags=FINAL)
 
-        return Job(req, TextEmbedding(feats[1:], m[1:]), TextEmbedding(feats[:1], m[:1]), on_progress, on_done,
+        return Job(req, TextEmbedding(feats[1:], m[1:]), TextEmbedding(feats[:1], m[:1]), on_done,
                    on_error, is_cancelled=sender.is_cancelled, generation_id=gen_id)
 
     def execute(self, requests):
