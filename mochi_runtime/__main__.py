@@ -39,6 +39,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     denoiser = None
     layout = Layout(2 if a.cfg_parallel else 1, a.ulysses, a.ring)
+    if a.parallel_vae and layout.world == 1:
+        raise ValueError("--parallel-vae spreads the decode over the DiT group: it needs --ulysses/--ring/--cfg-parallel")
     if layout.world > 1 or a.gpus:
         import torch
 
@@ -47,9 +49,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
         if gpus and gpus != layout.world:
             raise LayoutError(f"--gpus {gpus} must equal cfg x ulysses x ring = {layout.world}")
         denoiser = WorkerGroup(GroupSpec(layout, a.model_dir, tuple(range(gpus)) if gpus else None, a.dtype,
-                                         a.attention))
+                                         a.attention, weights=a.weights))
     pipe = MochiPipeline.from_dir(a.model_dir, device=a.device, dtype=a.dtype, attention=a.attention, limits=limits,
-                                  denoiser=denoiser)
+                                  denoiser=denoiser, parallel_decode=a.parallel_vae)
     load_s = time.perf_counter() - t0
     bar = tqdm(total=request.steps, desc="denoise", unit="step", disable=a.quiet)
 
@@ -98,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--cfg-parallel", action="store_true", help="run the two guidance branches on two halves")
     g.add_argument("--gpus", type=int, default=None,
                    help="GPUs for the DiT group (= cfg x ulysses x ring); without GPUs, CPU processes with gloo")
+    g.add_argument("--weights", default="replicated", choices=["replicated", "sharded"],
+                   help="DiT weights per rank: a full copy, or a 1/N FSDP2 shard gathered block by block")
+    g.add_argument("--parallel-vae", action="store_true",
+                   help="spread the VAE decode's spatial tiles over the DiT group (blended tiles, not exact)")
     g.set_defaults(fn=cmd_generate)
 
     w = sub.add_parser("write-tiny", help="write a tiny random-weight checkpoint")

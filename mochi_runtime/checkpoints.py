@@ -188,6 +188,47 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)
 
 
+def plan_reads(source: TensorSource, rules: list[KeyRule] | None, expected: list[str],
+               what: str = "checkpoint") -> list[KeyRule]:
+    """One rule per expected (official-named) tensor; every source key it needs must exist."""
+    by_ours = {r.ours: r for r in rules} if rules is not None else None
+    plan: list[KeyRule] = []
+    missing: list[str] = []
+    for key in expected:
+        rule = by_ours.get(key) if by_ours is not None else KeyRule(key, (key,))
+        if rule is None:
+            raise CheckpointError(f"{what}: no conversion rule for parameter {key!r}")
+        absent = [k for k in rule.theirs if k not in source]
+        missing.extend(absent)
+        if not absent:
+            plan.append(rule)
+    if missing:
+        raise CheckpointError(f"{what}: missing key(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    return plan
+
+
+def leftover_report(source: TensorSource, plan: list[KeyRule], ignore_prefixes: tuple[str, ...] = (),
+                    what: str = "checkpoint") -> LoadReport:
+    """Which source keys the plan leaves unread: expected leftovers (ignored prefixes) and unexpected ones."""
+    used = {k for r in plan for k in r.theirs}
+    report = LoadReport(loaded=len(plan))
+    for k in source.keys():
+        if k not in used:
+            (report.ignored if k.startswith(ignore_prefixes) else report.unexpected).append(k)
+    if report.unexpected:
+        log.warning("%s: %d unexpected key(s) not loaded: %s", what, len(report.unexpected), report.unexpected[:10])
+    return report
+
+
+def read_tensor(source: TensorSource, rule: KeyRule, cast: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """One parameter in our layout, assembled from its source tensor(s)."""
+    if rule.kind == "split3":
+        return torch.cat([cast(source.get(k)) for k in rule.theirs], dim=0)
+    if rule.kind == "swap2":
+        return _swap_halves(cast(source.get(rule.theirs[0])))
+    return cast(source.get(rule.theirs[0]))
+
+
 def read_state(
     source: TensorSource,
     rules: list[KeyRule] | None,
@@ -197,37 +238,9 @@ def read_state(
     what: str = "checkpoint",
 ) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """Read every expected (official-named) tensor from `source`, through `rules` when given."""
-    report = LoadReport()
-    used: set[str] = set()
-    state: dict[str, torch.Tensor] = {}
-    by_ours = {r.ours: r for r in rules} if rules is not None else None
-    missing: list[str] = []
-    for key in expected:
-        rule = by_ours.get(key) if by_ours is not None else KeyRule(key, (key,))
-        if rule is None:
-            raise CheckpointError(f"{what}: no conversion rule for parameter {key!r}")
-        absent = [k for k in rule.theirs if k not in source]
-        if absent:
-            missing.extend(absent)
-            continue
-        if rule.kind == "split3":
-            t = torch.cat([cast(source.get(k)) for k in rule.theirs], dim=0)
-        elif rule.kind == "swap2":
-            t = _swap_halves(cast(source.get(rule.theirs[0])))
-        else:
-            t = cast(source.get(rule.theirs[0]))
-        state[key] = t
-        used.update(rule.theirs)
-        report.loaded += 1
-    if missing:
-        raise CheckpointError(f"{what}: missing key(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-    for k in source.keys():
-        if k in used:
-            continue
-        (report.ignored if k.startswith(ignore_prefixes) else report.unexpected).append(k)
-    if report.unexpected:
-        log.warning("%s: %d unexpected key(s) not loaded: %s", what, len(report.unexpected), report.unexpected[:10])
-    return state, report
+    plan = plan_reads(source, rules, expected, what)
+    state = {rule.ours: read_tensor(source, rule, cast) for rule in plan}
+    return state, leftover_report(source, plan, ignore_prefixes, what)
 
 
 def caster(device: torch.device | str, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -11,6 +11,7 @@ sequence-parallel wrapper can shard the visual tokens between the stages.
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -293,10 +294,28 @@ class AsymmDiT(nn.Module):
         out = out.view(b, t, h // p, w // p, p, p, ch).permute(0, 6, 1, 2, 4, 3, 5)
         return out.reshape(b, ch, t, h, w)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, y_feat: torch.Tensor, y_mask: torch.Tensor):
-        """x [B, 12, T, H, W] latents, sigma [B], y_feat [B, L, 4096], y_mask [B, L] -> velocity like x."""
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, y_feat: torch.Tensor, y_mask: torch.Tensor,
+                sharding: TokenSharding | None = None):
+        """x [B, 12, T, H, W] latents, sigma [B], y_feat [B, L, 4096], y_mask [B, L] -> velocity like x.
+
+        With `sharding` the blocks see only this rank's share of the visual tokens (sequence parallelism);
+        the whole pass still goes through this module's __call__, which FSDP's hooks rely on.
+        """
         tokens, c, y = self.embed(x, sigma, y_feat, y_mask)
         p = self.cfg.patch_size
         rope = self.rope(x.shape[2], x.shape[3] // p, x.shape[4] // p, x.device)
+        if sharding is not None:
+            tokens, rope = sharding.split(tokens, rope)
         tokens = self.run_blocks(tokens, c, y, y_mask.bool(), rope)
+        if sharding is not None:
+            tokens = sharding.gather(tokens)
         return self.unembed(tokens, c, x.shape)
+
+
+class TokenSharding(Protocol):
+    """Where the visual tokens live during the blocks (see `parallel.usp.SequenceParallelDiT`)."""
+
+    def split(self, tokens: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def gather(self, tokens: torch.Tensor) -> torch.Tensor: ...

@@ -60,6 +60,11 @@ def load_dit(md: ModelDir, device: torch.device, dtype: torch.dtype, attention: 
         dit = AsymmDiT(cfg)
     source, rules = md.dit_source()
     load_module(dit, source, rules, device, dtype, what=f"DiT ({md.root}, {md.layout})")
+    return prepare_dit(dit, device, attention, compile)
+
+
+def prepare_dit(dit: AsymmDiT, device: torch.device, attention: str = "auto", compile: bool | None = None) -> AsymmDiT:
+    """Attention kernel, eval mode, and compiled blocks on GPU unless told not to."""
     dit.joint_attention = LocalJointAttention(attention)
     dit = dit.eval().requires_grad_(False)
     if compile if compile is not None else device.type == "cuda":
@@ -120,9 +125,12 @@ class LocalDenoiser:
 
 class MochiPipeline:
     def __init__(self, text_encoder: TextEncoder, denoiser: Denoiser, vae: VAEDecoder, limits: Limits = Limits(),
-                 tile_plan: TilePlan = TilePlan()):
+                 tile_plan: TilePlan = TilePlan(), parallel_decode: bool = False):
+        if parallel_decode and not hasattr(denoiser, "decode"):
+            raise ValueError("parallel decode needs a worker group as the denoiser")
         self.text_encoder, self.denoiser, self.vae, self.limits = text_encoder, denoiser, vae, limits
         self.tile_plan = tile_plan
+        self.parallel_decode = parallel_decode
 
     @classmethod
     def from_dir(
@@ -134,6 +142,7 @@ class MochiPipeline:
         limits: Limits = Limits(),
         denoiser: Denoiser | None = None,
         t5_dir: str | Path | None = None,
+        parallel_decode: bool = False,
     ) -> "MochiPipeline":
         """Load T5 and the VAE here; the DiT too unless a `denoiser` (e.g. a parallel group) is given."""
         md = open_model_dir(model_dir)
@@ -145,7 +154,7 @@ class MochiPipeline:
             check_text_width(te, dit.cfg.t5_feat_dim)
             denoiser = LocalDenoiser(dit)
         vae = load_vae(md, dev, dt)
-        return cls(te, denoiser, vae, limits)
+        return cls(te, denoiser, vae, limits, parallel_decode=parallel_decode)
 
     @property
     def device(self) -> torch.device:
@@ -159,7 +168,9 @@ class MochiPipeline:
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Temporally tiled decode (exact: equals the untiled decode) -> uint8 [F, H, W, 3]."""
+        """Streamed decode (exact: equals the untiled decode) -> uint8 [F, H, W, 3]; or tiles over the group."""
+        if self.parallel_decode:
+            return self.denoiser.decode(latents)[0].numpy()  # type: ignore[attr-defined]
         video = decode_tiled(self.vae, latents.to(self.device), self.tile_plan)
         return frames_to_uint8(video)[0].cpu().numpy()
 

@@ -30,10 +30,12 @@ def init_random_(module: torch.nn.Module, seed: int, scale: float = 1.0) -> torc
     Norm weights land near 1 (as trained ones are), matrices get 1/sqrt(fan_in)
     scaled normals, vectors small normals: activations stay in a sane range
     through many blocks, which matters for benchmarks and bf16 error checks.
+    FSDP-sharded parameters get their rows of the very same values.
     """
     devices = {p.device for p in module.parameters()}
     assert len(devices) == 1, f"parameters on several devices: {devices}"
-    gen = torch.Generator(device=devices.pop()).manual_seed(seed)
+    device = devices.pop()
+    gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
             base = 1.0 if ("norm" in name or name.endswith(("stack.0.weight", "stack.3.weight"))) else 0.0
@@ -41,16 +43,29 @@ def init_random_(module: torch.nn.Module, seed: int, scale: float = 1.0) -> torc
             for d in p.shape[1:]:
                 fan_in *= d
             std = scale / fan_in**0.5 if p.ndim >= 2 else scale * 0.2
-            p.normal_(generator=gen).mul_(std).add_(base)
+            full = torch.empty(p.shape, dtype=p.dtype, device=device)
+            _assign_full(p, full.normal_(generator=gen).mul_(std).add_(base))
     return module
 
 
+def _assign_full(param: torch.Tensor, full: torch.Tensor) -> None:
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(param, DTensor):
+        from .parallel.sharded import rows_for_param
+
+        param.to_local().copy_(rows_for_param(param, full))
+    else:
+        param.copy_(full)
+
+
 def init_random_dit_(dit: AsymmDiT, seed: int) -> AsymmDiT:
-    """Seeded random DiT weights, identical on every device and every rank given the seed."""
+    """Seeded random DiT weights, identical on every device and every rank given the seed (sharded or not)."""
     init_random_(dit, seed)
     with torch.no_grad():
-        device = dit.pos_frequencies.device
-        dit.pos_frequencies.uniform_(0, 0.5, generator=torch.Generator(device).manual_seed(seed))
+        p = dit.pos_frequencies
+        full = torch.empty(p.shape, dtype=p.dtype, device=p.device)
+        _assign_full(p, full.uniform_(0, 0.5, generator=torch.Generator(p.device).manual_seed(seed)))
     return dit
 
 

@@ -1,66 +1,123 @@
 """Tiled VAE decoding: exact in time, blended in space, sized from a memory budget.
 
-Temporal tiling is exact: the decoder's only temporal operators are causal 3x3x3
-convolutions (norms, activations and the depth-to-space projections act per
-frame), so decoding latent frames chunk by chunk while each conv carries the
-last two input frames of the previous chunk computes the untiled result, frame
-for frame, and the output has exactly 6(T-1)+1 frames.
+Time is streamed exactly. The decoder's only temporal operators are causal
+3x3x3 convolutions (norms, activations and the depth-to-space projections act
+per frame), so every level of the decoder can be fed its input a few frames at
+a time while each conv carries the last two input frames it saw. Each level
+splits what it receives into pieces of at most `piece_elements` activation
+elements, so the peak is bounded at every resolution (the 128-channel full-size
+levels run one frame at a time) and the result equals the untiled decode frame
+for frame, with exactly 6(T-1)+1 frames.
 
-Spatial tiling is approximate: tiles overlap by `overlap` latent pixels and are
-blended with linear ramps across the overlap, which hides the replicate-padding
-differences at tile edges.
+Space is tiled only when asked for (or when the budget cannot hold one frame):
+tiles overlap by `overlap` latent pixels and are blended with linear ramps; each
+tile is decoded with `halo` extra latent pixels beyond its inner edges that are
+dropped afterwards, so the replicate padding at a tile's edge lands outside
+what is kept. GroupNorm statistics differ per tile, so spatial tiling is an
+approximation (bounded in the tests); the ramps keep it seamless.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
+import torch.nn.functional as F
 
-from .vae import CausalConv3d, VAEDecoder
+from .vae import CausalConv3d, UpsampleBlock, VAEDecoder
 
 
 @dataclass(frozen=True)
 class TilePlan:
-    """Sizes in latent units. tile_h/tile_w <= 0 disables spatial tiling."""
+    """How to cut one decode. Spatial sizes are in latent pixels; tile_h/tile_w <= 0 means no spatial tiling."""
 
-    frames: int = 4  # latent frames per temporal chunk
+    piece_elements: int = 64 * 2**20  # activation elements per streamed piece, at every decoder level
     tile_h: int = 0
     tile_w: int = 0
-    overlap: int = 4
+    overlap: int = 4  # blended band between neighbouring tiles
+    halo: int = 2  # decoded beyond each inner tile edge, then dropped
 
     def __post_init__(self) -> None:
-        if self.frames < 1:
-            raise ValueError("frames per chunk must be >= 1")
+        if self.piece_elements < 1:
+            raise ValueError("piece_elements must be >= 1")
+        if self.overlap < 0 or self.halo < 0:
+            raise ValueError("overlap and halo must be >= 0")
         if self.tile_h > 0 and self.tile_h <= self.overlap or self.tile_w > 0 and self.tile_w <= self.overlap:
             raise ValueError("spatial tiles must be larger than the overlap")
 
 
-def activation_bytes_per_latent_voxel(vae: VAEDecoder, dtype_bytes: int) -> float:
-    """Rough peak activation bytes per latent voxel (t, h, w) of one decoder chunk.
+@dataclass(frozen=True)
+class Tile:
+    """One spatial tile: the kept region [y0, y0+th) x [x0, x0+tw) and the decoded region with its halo."""
 
-    The widest tensors live after the last upsampling: channels[0] at 6x time and
-    64x space; a residual block holds about four of them at once.
-    """
+    y0: int
+    x0: int
+    th: int
+    tw: int
+    ya: int
+    yb: int
+    xa: int
+    xb: int
+
+
+def activation_elements_per_frame(vae: VAEDecoder, h: int, w: int) -> int:
+    """Largest activation (elements, batch 1) one output frame needs at any level: the 128-ch full-res level."""
     cfg = vae.cfg
-    expand = cfg.temporal_factor * cfg.spatial_factor**2
-    return 4.0 * cfg.block_out_channels[0] * expand * dtype_bytes
+    return cfg.block_out_channels[0] * h * w * cfg.spatial_factor**2
 
 
-def plan_for_budget(vae: VAEDecoder, latent_shape: tuple[int, ...], budget_bytes: int,
-                    dtype_bytes: int = 2, overlap: int = 4) -> TilePlan:
-    """Largest chunks/tiles whose estimated activations fit the budget (whole frame first, then tiles)."""
+# A residual block holds about this many piece-sized tensors at once (input, norm, padded conv input, output).
+LIVE_TENSORS = 6
+
+
+def plan_for_budget(vae: VAEDecoder, latent_shape: tuple[int, ...], budget_bytes: int, dtype_bytes: int = 2,
+                    overlap: int = 4, halo: int = 2) -> TilePlan:
+    """Pieces (and, only if one frame does not fit, spatial tiles) whose activations fit `budget_bytes`.
+
+    The budget covers activations and the decoded output; weights are not counted.
+    """
     _, _, t, h, w = latent_shape
-    per_voxel = activation_bytes_per_latent_voxel(vae, dtype_bytes)
-    voxels = max(1, int(budget_bytes // per_voxel))
-    frames_fit = voxels // (h * w)
-    if frames_fit >= 1:
-        return TilePlan(frames=int(min(t, frames_fit)), overlap=overlap)
-    # Not even one whole latent frame fits: tile space, one frame per chunk.
-    side = int(voxels**0.5)
-    side = max(side, overlap + 2)
-    return TilePlan(frames=1, tile_h=min(h, side), tile_w=min(w, side), overlap=overlap)
+    out_bytes = 3 * ((t - 1) * vae.cfg.temporal_factor + 1) * h * w * vae.cfg.spatial_factor**2 * dtype_bytes
+    room = budget_bytes - out_bytes
+    piece = int(room // (LIVE_TENSORS * dtype_bytes))
+    frame = activation_elements_per_frame(vae, h, w)
+    if piece >= frame:
+        return TilePlan(piece_elements=piece, overlap=overlap, halo=halo)
+    if room <= 0:
+        raise ValueError(f"a budget of {budget_bytes} bytes cannot even hold the decoded video ({out_bytes} bytes)")
+    # Not one full-resolution frame fits: tile space so one tile-frame (with its halo) does.
+    scale = math.sqrt(max(piece, 1) / frame)
+    side_h = max(overlap + 1, int(h * scale) - 2 * halo)
+    side_w = max(overlap + 1, int(w * scale) - 2 * halo)
+    return TilePlan(piece_elements=max(piece, 1), tile_h=min(h, side_h), tile_w=min(w, side_w),
+                    overlap=overlap, halo=halo)
+
+
+def plan_for_ranks(latent_hw: tuple[int, int], world: int, overlap: int = 4, halo: int = 2,
+                   piece_elements: int = TilePlan.piece_elements) -> TilePlan:
+    """Spatial tiles for spreading one decode over `world` ranks: a grid of exactly `world` tiles, least overlap."""
+    h, w = latent_hw
+    if world <= 1:
+        return TilePlan(piece_elements=piece_elements, overlap=overlap, halo=halo)
+    best: tuple[float, TilePlan] | None = None
+    for gh in range(1, world + 1):
+        if world % gh:
+            continue
+        gw = world // gh
+        th = h if gh == 1 else math.ceil((h + (gh - 1) * overlap) / gh)
+        tw = w if gw == 1 else math.ceil((w + (gw - 1) * overlap) / gw)
+        if (gh > 1 and th <= overlap) or (gw > 1 and tw <= overlap) or th > h or tw > w:
+            continue
+        plan = TilePlan(piece_elements=piece_elements, tile_h=th if gh > 1 else 0, tile_w=tw if gw > 1 else 0,
+                        overlap=overlap, halo=halo)
+        work = max((t.yb - t.ya) * (t.xb - t.xa) for t in tiles_of(plan, h, w))
+        if len(tiles_of(plan, h, w)) == world and (best is None or work < best[0]):
+            best = (work, plan)
+    if best is None:
+        raise ValueError(f"cannot cut a {h}x{w} latent into {world} tiles wider than the overlap {overlap}")
+    return best[1]
 
 
 @contextmanager
@@ -75,10 +132,56 @@ def streaming(vae: VAEDecoder) -> Iterator[None]:
             c.streaming, c.carry = False, None
 
 
-def decode_temporal(vae: VAEDecoder, z: torch.Tensor, frames: int) -> torch.Tensor:
-    """De-normalised latents [B, C, T, h, w] -> raw decoder output, chunk by chunk (exact)."""
+def _growth(block: torch.nn.Module) -> float:
+    """Output elements per input element of one decoder level (the depth-to-space projections grow)."""
+    if isinstance(block, UpsampleBlock):
+        return block.proj.out_features / block.proj.in_features
+    return 1.0
+
+
+def _stream(vae: VAEDecoder, x: torch.Tensor, level: int, piece_elements: int) -> Iterator[torch.Tensor]:
+    if level == len(vae.blocks):
+        yield vae.output_proj(F.silu(x).movedim(1, -1)).movedim(-1, 1)
+        return
+    block = vae.blocks[level]
+    per_frame = x[:, :, :1].numel() * max(1.0, _growth(block))
+    step = max(1, int(piece_elements // per_frame))
+    for piece in x.split(step, dim=2):
+        yield from _stream(vae, block(piece), level + 1, piece_elements)
+
+
+def decode_stream(vae: VAEDecoder, z: torch.Tensor, piece_elements: int) -> Iterator[torch.Tensor]:
+    """De-normalised latents [B, C, T, h, w] -> raw decoder output in time order, a few frames at a time (exact).
+
+    The first `temporal_factor - 1` frames are dropped here (the causal decoder's warm-up), so the pieces
+    add up to exactly 6(T-1)+1 frames.
+    """
+    assert z.ndim == 5 and z.shape[1] == vae.cfg.latent_channels, f"bad latents {tuple(z.shape)}"
+    skip = vae.cfg.temporal_factor - 1
+    x = z.to(vae.output_proj.weight.dtype)
     with streaming(vae):
-        return torch.cat([vae(z[:, :, i:i + frames]) for i in range(0, z.shape[2], frames)], dim=2)
+        for piece in _stream(vae, x, 0, piece_elements):
+            if skip >= piece.shape[2]:
+                skip -= piece.shape[2]
+                continue
+            yield piece[:, :, skip:]
+            skip = 0
+
+
+def decode_frames(vae: VAEDecoder, z: torch.Tensor, piece_elements: int,
+                  out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """De-normalised latents -> frames [B, 3, 6(T-1)+1, 8h, 8w], written piece by piece into one buffer."""
+    b, _, t, h, w = z.shape
+    s = vae.cfg.spatial_factor
+    frames = (t - 1) * vae.cfg.temporal_factor + 1
+    out = torch.empty(b, vae.cfg.out_channels, frames, h * s, w * s, device=z.device,
+                      dtype=out_dtype or vae.output_proj.weight.dtype)
+    i = 0
+    for piece in decode_stream(vae, z, piece_elements):
+        out[:, :, i:i + piece.shape[2]] = piece
+        i += piece.shape[2]
+    assert i == frames, (i, frames)
+    return out
 
 
 def _starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -89,6 +192,23 @@ def _starts(size: int, tile: int, overlap: int) -> list[int]:
     if starts[-1] + tile < size:
         starts.append(size - tile)
     return starts
+
+
+def tiles_of(plan: TilePlan, h: int, w: int) -> list[Tile]:
+    """The plan's tiles for an h x w latent, row-major. All tiles have the same kept size."""
+    hs, ws = _starts(h, plan.tile_h, plan.overlap), _starts(w, plan.tile_w, plan.overlap)
+    th = h if len(hs) == 1 else plan.tile_h
+    tw = w if len(ws) == 1 else plan.tile_w
+    return [Tile(y0, x0, th, tw, max(0, y0 - plan.halo), min(h, y0 + th + plan.halo),
+                 max(0, x0 - plan.halo), min(w, x0 + tw + plan.halo)) for y0 in hs for x0 in ws]
+
+
+def decode_tile(vae: VAEDecoder, z: torch.Tensor, tile: Tile, plan: TilePlan) -> torch.Tensor:
+    """De-normalised latents -> the tile's kept region [B, 3, F, 8*th, 8*tw] in fp32 (halo cropped)."""
+    s = vae.cfg.spatial_factor
+    out = decode_frames(vae, z[:, :, :, tile.ya:tile.yb, tile.xa:tile.xb], plan.piece_elements, torch.float32)
+    dy, dx = (tile.y0 - tile.ya) * s, (tile.x0 - tile.xa) * s
+    return out[:, :, :, dy:dy + tile.th * s, dx:dx + tile.tw * s]
 
 
 def _ramp(length: int, lo_overlap: int, hi_overlap: int, device) -> torch.Tensor:
@@ -102,32 +222,37 @@ def _ramp(length: int, lo_overlap: int, hi_overlap: int, device) -> torch.Tensor
     return w
 
 
+def blend_tiles(parts: Iterable[tuple[Tile, torch.Tensor]], plan: TilePlan, h: int, w: int,
+                spatial_factor: int) -> torch.Tensor:
+    """Weighted sum of decoded tiles, consumed one at a time -> [B, 3, F, 8h, 8w] fp32 (weights sum to 1)."""
+    s, ov = spatial_factor, plan.overlap * spatial_factor
+    out: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    for tile, part in parts:
+        if out is None:
+            out = torch.zeros(*part.shape[:3], h * s, w * s, device=part.device)
+            weight = torch.zeros(h * s, w * s, device=part.device)
+        wy = _ramp(tile.th * s, ov if tile.y0 > 0 else 0, ov if tile.y0 + tile.th < h else 0, out.device)
+        wx = _ramp(tile.tw * s, ov if tile.x0 > 0 else 0, ov if tile.x0 + tile.tw < w else 0, out.device)
+        wt = wy[:, None] * wx[None, :]
+        ys, xs = slice(tile.y0 * s, (tile.y0 + tile.th) * s), slice(tile.x0 * s, (tile.x0 + tile.tw) * s)
+        out[:, :, :, ys, xs] += part.to(out.device) * wt
+        weight[ys, xs] += wt
+    assert out is not None and weight is not None, "no tiles"
+    return out / weight
+
+
 @torch.inference_mode()
 def decode_tiled(vae: VAEDecoder, latents: torch.Tensor, plan: TilePlan) -> torch.Tensor:
-    """Normalised DiT latents -> frames [B, 3, 6(T-1)+1, 8h, 8w] in [-1, 1], within the plan's tile sizes."""
+    """Normalised DiT latents -> frames [B, 3, 6(T-1)+1, 8h, 8w] in [-1, 1], within the plan's sizes.
+
+    Without spatial tiles the result is in the decoder's dtype and equals the untiled decode; with tiles
+    it is the fp32 blend.
+    """
     z = vae.denormalize(latents)
-    b, _, t, h, w = z.shape
-    s = vae.cfg.spatial_factor
-    hs, ws = _starts(h, plan.tile_h, plan.overlap), _starts(w, plan.tile_w, plan.overlap)
-    if len(hs) == 1 and len(ws) == 1:
-        out = decode_temporal(vae, z, plan.frames)
-    else:
-        th = h if len(hs) == 1 else plan.tile_h
-        tw = w if len(ws) == 1 else plan.tile_w
-        out = None
-        weight = torch.zeros(h * s, w * s, device=z.device)
-        for y0 in hs:
-            for x0 in ws:
-                tile = decode_temporal(vae, z[:, :, :, y0:y0 + th, x0:x0 + tw], plan.frames).float()
-                wy = _ramp(th * s, (plan.overlap * s) if y0 > 0 else 0, (plan.overlap * s) if y0 + th < h else 0,
-                           z.device)
-                wx = _ramp(tw * s, (plan.overlap * s) if x0 > 0 else 0, (plan.overlap * s) if x0 + tw < w else 0,
-                           z.device)
-                wt = wy[:, None] * wx[None, :]
-                if out is None:
-                    out = torch.zeros(b, tile.shape[1], tile.shape[2], h * s, w * s, device=z.device)
-                ys, xs = slice(y0 * s, (y0 + th) * s), slice(x0 * s, (x0 + tw) * s)
-                out[:, :, :, ys, xs] += tile * wt
-                weight[ys, xs] += wt
-        out = out / weight
-    return out[:, :, vae.cfg.temporal_factor - 1:]
+    h, w = z.shape[-2:]
+    tiles = tiles_of(plan, h, w)
+    if len(tiles) == 1:
+        return decode_frames(vae, z, plan.piece_elements)
+    parts = ((tile, decode_tile(vae, z, tile, plan)) for tile in tiles)
+    return blend_tiles(parts, plan, h, w, vae.cfg.spatial_factor)

@@ -57,3 +57,38 @@ def local_reference(model_dir: str, request, cond, uncond, threads: int = 1):
 
     dit = load_dit(ModelDir.open(model_dir), torch.device("cpu"), torch.float32)
     return run_sampler(dit, request, cond, uncond)
+
+
+def sharded_check(rank: int, world: int, layout, shard_over: str, port: int, model_dir: str, out_q) -> None:
+    """Sharded (FSDP2) vs replicated weights on the same layout: outputs and per-rank parameter counts."""
+    from mochi_runtime.checkpoints import ModelDir
+    from mochi_runtime.parallel.sharded import load_sharded_dit, local_parameter_count
+    from mochi_runtime.parallel.topology import ParallelGroups, join_loopback_group
+    from mochi_runtime.parallel.usp import SequenceParallelDiT
+    from mochi_runtime.pipeline import load_dit
+
+    torch.set_num_threads(1)
+    join_loopback_group(rank, world, port, gpu=False, timeout=timedelta(minutes=5))
+    try:
+        groups = ParallelGroups(layout)
+        md = ModelDir.open(model_dir)
+        replicated = SequenceParallelDiT(load_dit(md, torch.device("cpu"), torch.float32), groups, "sdpa")
+        over = dist.group.WORLD if shard_over == "world" else groups.sp_group
+        sharded_dit = load_sharded_dit(md, over, torch.device("cpu"), torch.float32)
+        sharded = SequenceParallelDiT(sharded_dit, groups, "sdpa")
+        g = torch.Generator().manual_seed(9)
+        x = torch.randn(2, 12, 3, 10, 14, generator=g)
+        feats = torch.randn(2, 256, md.dit_config().t5_feat_dim, generator=g)
+        mask = torch.zeros(2, 256, dtype=torch.bool)
+        mask[0, :3] = True
+        mask[1, :12] = True
+        sigma = torch.tensor([0.6, 0.6])
+        with torch.inference_mode():
+            a = replicated(x, sigma, feats, mask)
+            b = sharded(x, sigma, feats, mask)
+            c = sharded(x, sigma, feats, mask)  # a second pass re-gathers the freed blocks
+        total = sum(p.numel() for p in replicated.dit.parameters())
+        out_q.put((rank, float((a - b).abs().max()), float((b - c).abs().max()),
+                   local_parameter_count(sharded_dit), total))
+    finally:
+        dist.destroy_process_group()

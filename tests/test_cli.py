@@ -32,3 +32,22 @@ def test_cli_rejects_bad_frames(tmp_path):
          str(tmp_path / "x.mp4")], capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "num_frames" in proc.stderr and "6k+1" in proc.stderr
+
+
+def test_cli_parallel_group_with_parallel_vae(tmp_path):
+    out = tmp_path / "par.mp4"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mochi_runtime", "generate", "--prompt", "a red fox", "--frames", "13",
+         "--height", "64", "--width", "96", "--steps", "2", "--ulysses", "2", "--parallel-vae", "--out", str(out),
+         "--quiet"], capture_output=True, text=True, timeout=300, env=os.environ.copy(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert probe_mp4(out)[:3] == (13, 64, 96)
+
+
+def test_cli_parallel_vae_needs_a_group(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mochi_runtime", "generate", "--prompt", "x", "--parallel-vae", "--out",
+         str(tmp_path / "x.mp4")], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "--parallel-vae" in proc.stderr

@@ -1,6 +1,6 @@
 import sys
 
-SUBCOMMANDS = ("dit", "load")
+SUBCOMMANDS = ("dit", "load", "vae")
 
 
 def main() -> int:
@@ -10,6 +10,8 @@ def main() -> int:
     kind = sys.argv.pop(1)
     if kind == "dit":
         from .dit import main as run
+    elif kind == "vae":
+        from .vae import main as run
     else:
         from .load import main as run
     return run()

@@ -29,11 +29,16 @@ def cfg_inputs(cfg, frames: int, height: int, width: int, cond_tokens: int, devi
     return x, sigma, y, mask
 
 
-def build_dit(preset: str, device, dtype, seed: int = 0) -> AsymmDiT:
+def build_dit(preset: str, device, dtype, seed: int = 0, shard_group=None) -> AsymmDiT:
+    """Random full-size weights (the same on every rank); FSDP2-sharded over `shard_group` when given."""
     cfg = get_preset(preset).dit
     with torch.device("meta"):
-        dit = AsymmDiT(cfg)
-    dit = init_random_dit_(dit.to_empty(device=device).to(dtype), seed)
+        dit = AsymmDiT(cfg).to(dtype)
+    if shard_group is not None:
+        from ..parallel.sharded import shard_modules
+
+        shard_modules(dit, shard_group, torch.device(device))
+    dit = init_random_dit_(dit.to_empty(device=device), seed)
     return dit.eval().requires_grad_(False)
 
 
@@ -72,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ulysses", type=int, default=1)
     ap.add_argument("--ring", type=int, default=1)
     ap.add_argument("--cfg-parallel", action="store_true")
+    ap.add_argument("--weights", default="replicated",
+                    help="comma list of DiT weight modes to time per layout: replicated, sharded (FSDP2 over the "
+                         "world), sharded-sp (FSDP2 within each CFG half)")
+    ap.add_argument("--gpu-budget-gib", type=float, default=None,
+                    help="cap each rank's allocator at this many GiB (torch.cuda.set_per_process_memory_fraction)")
     a = ap.parse_args(argv)
     if a.layouts or a.gpus:
         return main_parallel(a)
@@ -135,23 +145,39 @@ def main_parallel(a: argparse.Namespace) -> int:
             raise SystemExit(f"--gpus {a.gpus} != world of {layouts[0].describe()}")
     opts = {"preset": a.preset, "frames": a.frames, "height": a.height, "width": a.width,
             "cond_tokens": a.cond_tokens, "attention": a.attention, "compile": not a.no_compile,
-            "warmup": a.warmup, "iters": a.iters}
+            "warmup": a.warmup, "iters": a.iters, "weights": "replicated", "budget_gib": a.gpu_budget_gib}
+    modes = [m for m in a.weights.split(",") if m]
     base = run_layout(Layout(1, 1, 1), opts)
     print(f"1 GPU: {base['ms']:.1f} ms/step", flush=True)
-    rows = [{"layout": "1x1x1", "gpus": 1, "ms_per_cfg_step": round(base["ms"], 1), "speedup": 1.0,
-             "rel_err_vs_1gpu": 0.0, "peak_gib_per_gpu": [round(p, 2) for p in base["peak_gib"]]}]
+    rows = [{"layout": "1x1x1", "gpus": 1, "weights": "replicated", "ms_per_cfg_step": round(base["ms"], 1),
+             "speedup": 1.0, "rel_err_vs_1gpu": 0.0, "peak_gib_per_gpu": [round(p, 2) for p in base["peak_gib"]],
+             "weight_gib_per_gpu": [round(p, 2) for p in base["weight_gib"]]}]
     for lay in layouts:
-        r = run_layout(lay, opts)
-        err = float((r["v"] - base["v"]).norm() / base["v"].norm())
-        rows.append({"layout": f"{lay.cfg}x{lay.ulysses}x{lay.ring}", "gpus": lay.world,
-                     "ms_per_cfg_step": round(r["ms"], 1), "speedup": round(base["ms"] / r["ms"], 3),
-                     "rel_err_vs_1gpu": err, "peak_gib_per_gpu": [round(p, 2) for p in r["peak_gib"]],
-                     "all_ms": [round(t, 1) for t in r["all_ms"]]})
-        print(f"{lay.describe()}: {r['ms']:.1f} ms/step, {base['ms'] / r['ms']:.2f}x, rel err {err:.2e}", flush=True)
-    print_table(rows, ["layout", "gpus", "ms_per_cfg_step", "speedup", "rel_err_vs_1gpu", "peak_gib_per_gpu"])
+        for mode in modes:
+            if mode == "sharded-sp" and lay.cfg == 1:
+                continue  # the same as sharded over the world
+            name = f"{lay.cfg}x{lay.ulysses}x{lay.ring}"
+            try:
+                r = run_layout(lay, dict(opts, weights=mode))
+            except RuntimeError as e:  # a crashed layout is recorded, the others still run
+                r = {"error": str(e)}
+            if "error" in r:
+                rows.append({"layout": name, "gpus": lay.world, "weights": mode, "error": r["error"]})
+                print(f"{lay.describe()} {mode}: {r['error']}", flush=True)
+                continue
+            err = float((r["v"] - base["v"]).norm() / base["v"].norm())
+            rows.append({"layout": name, "gpus": lay.world, "weights": mode,
+                         "ms_per_cfg_step": round(r["ms"], 1), "speedup": round(base["ms"] / r["ms"], 3),
+                         "rel_err_vs_1gpu": err, "peak_gib_per_gpu": [round(p, 2) for p in r["peak_gib"]],
+                         "weight_gib_per_gpu": [round(p, 2) for p in r["weight_gib"]],
+                         "all_ms": [round(t, 1) for t in r["all_ms"]]})
+            print(f"{lay.describe()} {mode}: {r['ms']:.1f} ms/step, {base['ms'] / r['ms']:.2f}x, rel err {err:.2e}",
+                  flush=True)
+    print_table(rows, ["layout", "gpus", "weights", "ms_per_cfg_step", "speedup", "rel_err_vs_1gpu",
+                       "peak_gib_per_gpu", "weight_gib_per_gpu"])
     write_record(a.json, "dit-parallel", rows, rows[0], {
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "preset": a.preset,
                   "cond_tokens": a.cond_tokens},
-        "compile": not a.no_compile, "attention": a.attention,
+        "compile": not a.no_compile, "attention": a.attention, "gpu_budget_gib": a.gpu_budget_gib,
     })
     return 0

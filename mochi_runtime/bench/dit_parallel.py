@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ..parallel.topology import Layout, ParallelGroups, free_port, join_loopback_group
+from ..parallel.sharded import local_parameter_count
 from ..parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
 from ..text_encoder import TextEmbedding
 from .common import time_cuda
@@ -33,7 +34,13 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
         groups = ParallelGroups(layout)
         dev = torch.device("cuda", rank) if gpu else torch.device("cpu")
         dtype = torch.bfloat16 if gpu else torch.float32
-        dit = build_dit(opts["preset"], dev, dtype)
+        if gpu and opts.get("budget_gib"):
+            torch.cuda.set_per_process_memory_fraction(
+                min(1.0, opts["budget_gib"] * 2**30 / torch.cuda.get_device_properties(dev).total_memory), dev)
+        weights = opts.get("weights", "replicated")
+        shard_group = {"replicated": None, "sharded": dist.group.WORLD, "sharded-sp": groups.sp_group}[weights]
+        dit = build_dit(opts["preset"], dev, dtype, shard_group=shard_group)
+        weight_gib = local_parameter_count(dit) * dit.x_embedder.proj.weight.element_size() / 2**30
         if opts["compile"]:
             dit.compile_blocks()
         model = SequenceParallelDiT(dit, groups, opts["attention"])
@@ -44,14 +51,23 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
         z = x[:1].float()
         if gpu:
             torch.cuda.reset_peak_memory_stats()
-        with torch.inference_mode():
-            ms, all_ms = time_cuda(lambda: velocity(z, 0.7), opts["warmup"], opts["iters"])
-            v = velocity(z, 0.7)
+        error = None
+        try:
+            with torch.inference_mode():
+                ms, all_ms = time_cuda(lambda: velocity(z, 0.7), opts["warmup"], opts["iters"])
+                v = velocity(z, 0.7)
+        except torch.OutOfMemoryError as e:  # the same on every rank: the layout does not fit the budget
+            error, ms, all_ms, v = f"out of memory: {str(e).splitlines()[0]}", 0.0, [], None
         peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else 0.0
-        peaks = [None] * layout.world
+        peaks, weights_gib = [None] * layout.world, [None] * layout.world
         dist.all_gather_object(peaks, peak, group=groups.control)
+        dist.all_gather_object(weights_gib, weight_gib, group=groups.control)
         if rank == 0:
-            out_q.put({"ms": ms, "all_ms": all_ms, "peak_gib": peaks, "v": v.float().cpu().numpy()})
+            if error is not None:
+                out_q.put({"error": error, "peak_gib": peaks, "weight_gib": weights_gib})
+            else:
+                out_q.put({"ms": ms, "all_ms": all_ms, "peak_gib": peaks, "weight_gib": weights_gib,
+                           "v": v.float().cpu().numpy()})
         dist.barrier(group=groups.control)
     finally:
         dist.destroy_process_group()
@@ -74,5 +90,6 @@ def run_layout(layout: Layout, opts: dict) -> dict:
                 raise RuntimeError(f"{layout.describe()}: ranks exited without a result")
     while not procs.join():
         pass
-    r["v"] = torch.from_numpy(r["v"])  # sent as numpy: a torch tensor would need the exited sender
+    if "v" in r:
+        r["v"] = torch.from_numpy(r["v"])  # sent as numpy: a torch tensor would need the exited sender
     return r

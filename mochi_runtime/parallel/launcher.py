@@ -17,7 +17,7 @@ import time
 from typing import Callable
 
 from .topology import free_port
-from .worker import Cancelled, GroupSpec, Task, worker_main
+from .worker import Cancelled, DecodeTask, GroupSpec, Task, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,22 @@ class WorkerGroup:
                     return payload
                 elif kind == "cancelled":
                     raise cancelled_by if cancelled_by is not None else Cancelled(payload)
+
+    def decode(self, latents, plan=None):
+        """Decode latents with the group's GPUs/processes, spatial tiles spread one per rank.
+
+        Returns uint8 frames [1, F, H, W, 3]; equals `decode_tiled` with the same plan in one process.
+        """
+        from ..vae_tiling import plan_for_ranks
+
+        if not self.alive():
+            raise WorkerGroupError("DiT worker group is not running")
+        plan = plan or plan_for_ranks(tuple(latents.shape[-2:]), self.spec.layout.world)
+        with self._lock:
+            self._conn.send(DecodeTask(latents.to("cpu"), plan))
+            kind, payload = self._wait()
+            assert kind == "result", kind
+            return payload
 
     def cancel(self) -> None:
         """Ask the running request (if any) to stop at the next step boundary."""

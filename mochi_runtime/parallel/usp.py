@@ -144,27 +144,31 @@ class SequenceParallelDiT:
         dit.joint_attention = self.attention
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, y_feat: torch.Tensor, y_mask: torch.Tensor):
-        dit, g = self.dit, self.groups
+        return self.dit(x, sigma, y_feat, y_mask, sharding=self)
+
+    def split(self, tokens: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
+        """This rank's contiguous share of the visual tokens and their RoPE, zero-padded to equal shares."""
+        g = self.groups
         sp = g.layout.sp
-        p = dit.cfg.patch_size
-        tokens, c, y = dit.embed(x, sigma, y_feat, y_mask)
-        cos, sin = dit.rope(x.shape[2], x.shape[3] // p, x.shape[4] // p, x.device)
         n = tokens.shape[1]
-        n_local = math.ceil(n / sp)
-        pad = n_local * sp - n
-        start = g.sp_rank * n_local
-        local = F.pad(tokens, (0, 0, 0, pad))[:, start:start + n_local]
-        rope = tuple(F.pad(t, (0, 0, 0, 0, 0, pad))[start:start + n_local] for t in (cos, sin))
+        self._n, self._n_local = n, math.ceil(n / sp)
+        pad = self._n_local * sp - n
+        start = g.sp_rank * self._n_local
+        local = F.pad(tokens, (0, 0, 0, pad))[:, start:start + self._n_local]
+        local_rope = tuple(F.pad(t, (0, 0, 0, 0, 0, pad))[start:start + self._n_local] for t in rope)
         self.attention.valid_tokens = n
-        local = dit.run_blocks(local, c, y, y_mask.bool(), rope)
-        if sp > 1:
-            b, _, d = local.shape
-            full = torch.empty((sp * b, n_local, d), dtype=local.dtype, device=local.device)
-            dist.all_gather_into_tensor(full, local.contiguous(), group=g.sp_group)
-            tokens = full.view(sp, b, n_local, d).permute(1, 0, 2, 3).reshape(b, sp * n_local, d)[:, :n]
-        else:
-            tokens = local
-        return dit.unembed(tokens, c, x.shape)
+        return local, local_rope
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        """All ranks' shares back into the full sequence, padding dropped."""
+        g = self.groups
+        sp, n, n_local = g.layout.sp, self._n, self._n_local
+        if sp == 1:
+            return local
+        b, _, d = local.shape
+        full = torch.empty((sp * b, n_local, d), dtype=local.dtype, device=local.device)
+        dist.all_gather_into_tensor(full, local.contiguous(), group=g.sp_group)
+        return full.view(sp, b, n_local, d).permute(1, 0, 2, 3).reshape(b, sp * n_local, d)[:, :n]
 
 
 class ParallelCFGVelocity:

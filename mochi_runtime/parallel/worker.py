@@ -36,6 +36,14 @@ class GroupSpec:
     attention: str = "auto"
     compile: bool | None = None
     threads: int | None = None  # CPU threads per worker (default: cores / world)
+    weights: str = "replicated"  # or "sharded": FSDP2 over `shard_over` (see parallel.sharded)
+    shard_over: str = "world"  # "world" or "sp" (each CFG half holds its own sharded copy)
+
+    def __post_init__(self) -> None:
+        if self.weights not in ("replicated", "sharded"):
+            raise ValueError(f"weights must be 'replicated' or 'sharded', got {self.weights!r}")
+        if self.shard_over not in ("world", "sp"):
+            raise ValueError(f"shard_over must be 'world' or 'sp', got {self.shard_over!r}")
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,38 @@ class Task:
     request: Any  # validation.GenerationRequest
     cond: Any  # TextEmbedding on CPU
     uncond: Any
+
+
+@dataclass(frozen=True)
+class DecodeTask:
+    """Decode one video's latents with its spatial tiles spread over the group (`vae_decode`)."""
+
+    latents: Any  # normalised latents [1, C, T, h, w] on CPU
+    plan: Any  # vae_tiling.TilePlan
+
+
+class LazyVAE:
+    """Each rank's VAE decoder, loaded on the first decode task (groups that never decode never pay for it)."""
+
+    def __init__(self, spec: GroupSpec, device) -> None:
+        self.spec, self.device, self.vae = spec, device, None
+
+    def get(self):
+        if self.vae is None:
+            from ..pipeline import load_vae, open_model_dir, resolve_dtype
+
+            self.vae = load_vae(open_model_dir(self.spec.model_dir), self.device,
+                                resolve_dtype(self.spec.dtype, self.device))
+        return self.vae
+
+
+def run_decode(vae, task: DecodeTask, device, rank: int):
+    """This rank's share of the decode; rank 0 returns uint8 frames [1, F, H, W, 3] on CPU, others None."""
+    from ..vae import frames_to_uint8
+    from .vae_decode import decode_distributed
+
+    video = decode_distributed(vae, task.latents.to(device), task.plan)
+    return frames_to_uint8(video).cpu() if rank == 0 else None
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -60,14 +100,23 @@ def build_model(spec: GroupSpec, local_rank: int):
     """Load this rank's DiT copy straight onto its device and wrap it for sequence parallelism."""
     import torch
 
-    from ..pipeline import load_dit, open_model_dir, resolve_dtype
+    from ..pipeline import load_dit, open_model_dir, prepare_dit, resolve_dtype
     from .topology import ParallelGroups, device_for_rank
     from .usp import SequenceParallelDiT
 
     groups = ParallelGroups(spec.layout)
     device = device_for_rank(local_rank) if spec.devices else torch.device("cpu")
     md = open_model_dir(spec.model_dir)
-    dit = load_dit(md, device, resolve_dtype(spec.dtype, device), spec.attention, spec.compile)
+    dtype = resolve_dtype(spec.dtype, device)
+    if spec.weights == "sharded":
+        import torch.distributed as dist
+
+        from .sharded import load_sharded_dit
+
+        over = dist.group.WORLD if spec.shard_over == "world" else groups.sp_group
+        dit = prepare_dit(load_sharded_dit(md, over, device, dtype), device, spec.attention, spec.compile)
+    else:
+        dit = load_dit(md, device, dtype, spec.attention, spec.compile)
     spec.layout.validate(num_heads=dit.cfg.num_heads)
     return SequenceParallelDiT(dit, groups, spec.attention), device
 
@@ -125,7 +174,7 @@ def worker_main(rank: int, spec: GroupSpec, port: int, parent_pid: int, conn, ca
         dist.barrier(group=model.groups.control)
         if rank == 0:
             conn.send(("ready", None))
-        serve_tasks(model, device, rank, conn, cancel_flag)
+        serve_tasks(model, device, rank, conn, cancel_flag, LazyVAE(spec, device))
     except Exception:
         msg = traceback.format_exc()
         log.error("worker %d failed:\n%s", rank, msg)
@@ -140,13 +189,18 @@ def worker_main(rank: int, spec: GroupSpec, port: int, parent_pid: int, conn, ca
         dist.destroy_process_group()
 
 
-def serve_tasks(model, device, rank: int, conn, cancel_flag) -> None:
+def serve_tasks(model, device, rank: int, conn, cancel_flag, vae: LazyVAE) -> None:
     """Task loop: rank 0 reads from the launcher and broadcasts; everybody runs; rank 0 answers."""
     while True:
         task = conn.recv() if rank == 0 else None
         task = broadcast_task(task, model.groups)
         if task is None:
             return
+        if isinstance(task, DecodeTask):
+            frames = run_decode(vae.get(), task, device, rank)
+            if rank == 0:
+                conn.send(("result", frames))
+            continue
 
         def should_stop(i: int, total: int) -> bool:
             return rank == 0 and bool(cancel_flag.value)

@@ -62,7 +62,8 @@ class TritonPythonModel:
             self._fams.append(fam)
             setattr(self, f"m_{name}", m)
         self.engine = DiTEngine(
-            GroupSpec(layout, md_path, devices, p.get("dtype") or "auto", p.get("attention") or "auto"),
+            GroupSpec(layout, md_path, devices, p.get("dtype") or "auto", p.get("attention") or "auto",
+                      weights=p.get("weights") or "replicated", shard_over=p.get("shard_over") or "world"),
             max_queue=int(p.get("max_queue") or 8),
             on_restart=lambda: self.m_restarts.increment(1),
             on_steps=self.m_steps.increment,

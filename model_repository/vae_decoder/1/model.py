@@ -21,7 +21,7 @@ class TritonPythonModel:
         device = torch.device(params.get("device") or "cpu")
         self.vae = load_vae(open_model_dir(A.model_dir(params)), device, resolve_dtype(params.get("dtype") or "auto", device))
         self.device = device
-        self.chunk_frames = int(params.get("chunk_frames") or 4)
+        self.piece_elements = int(params.get("piece_elements") or TilePlan.piece_elements)
         self.budget = int(params.get("memory_budget_bytes") or 0)
         self._fam, self.latency = A.histogram(pb_utils, "mochi_vae_latency_seconds",
                                               "VAE decode + mp4 encode time per request", A.LATENCY_BUCKETS)
@@ -47,7 +47,7 @@ class TritonPythonModel:
                 z = A.input_array(pb_utils, request, "LATENTS")
                 self._check(z)
                 plan = (plan_for_budget(self.vae, z.shape, self.budget) if self.budget
-                        else TilePlan(frames=self.chunk_frames))
+                        else TilePlan(piece_elements=self.piece_elements))
                 video = decode_tiled(self.vae, torch.from_numpy(z).to(self.device), plan)
                 video = frames_to_uint8(video)[0].cpu().numpy()
                 mp4 = mp4_bytes(video, self.fps)

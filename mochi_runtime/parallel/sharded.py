@@ -1,0 +1,85 @@
+"""DiT weights sharded over a process group with PyTorch's FSDP2 (`fully_shard`), inference only.
+
+Each block is one FSDP unit: its weights are all-gathered just before it runs
+and freed right after, and the next block's gather is issued while the current
+one computes (explicit forward prefetch). The DiT itself is the root unit (its
+small embedders and final layer stay gathered after the first pass), which is
+why the sequence-parallel forward goes through `AsymmDiT.__call__`.
+
+Loading never materialises the model on any rank: the module is built on the
+meta device, sharded, allocated shard-sized on its device, and every parameter
+is read from the checkpoint one tensor at a time, cut to this rank's rows and
+copied into its shard.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+
+from ..checkpoints import ModelDir, caster, iter_expected, leftover_report, plan_reads, read_tensor
+from ..dit import AsymmDiT
+
+log = logging.getLogger(__name__)
+
+WEIGHT_MODES = ("replicated", "sharded")
+
+
+def _rows_for(full: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """FSDP2's dim-0 split: torch.chunk's pieces; ranks past the last piece hold no rows."""
+    chunks = torch.chunk(full, world, dim=0)
+    return chunks[rank] if rank < len(chunks) else full[:0]
+
+
+def rows_for_param(param: DTensor, full: torch.Tensor) -> torch.Tensor:
+    """The rows of a full tensor that a sharded parameter holds on this rank."""
+    mesh = param.device_mesh
+    return _rows_for(full, mesh.get_local_rank(), mesh.size())
+
+
+def shard_modules(dit: AsymmDiT, group: dist.ProcessGroup, device: torch.device) -> AsymmDiT:
+    """Apply fully_shard per block and at the root, with next-block forward prefetch."""
+    mesh = DeviceMesh.from_group(group, device.type)
+    blocks = list(dit.blocks)
+    for block in blocks:
+        fully_shard(block, mesh=mesh, reshard_after_forward=True)
+    fully_shard(dit, mesh=mesh, reshard_after_forward=True)
+    for current, nxt in zip(blocks, blocks[1:]):
+        current.set_modules_to_forward_prefetch([nxt])
+    return dit
+
+
+@torch.no_grad()
+def load_sharded_dit(md: ModelDir, group: dist.ProcessGroup, device: torch.device, dtype: torch.dtype) -> AsymmDiT:
+    """This rank's FSDP2 shard of the DiT, read straight from the checkpoint (never the whole model)."""
+    cfg = md.dit_config()
+    with torch.device("meta"):
+        dit = AsymmDiT(cfg)
+    shard_modules(dit, group, device)
+    dit.to_empty(device=device)
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    source, rules = md.dit_source()
+    what = f"DiT ({md.root}, {md.layout}, sharded)"
+    plan = plan_reads(source, rules, list(iter_expected(dit)), what)
+    params = dict(dit.named_parameters())
+    cast = caster("cpu", dtype)
+    for rule in plan:
+        param = params[rule.ours]
+        local = param.to_local() if isinstance(param, DTensor) else param
+        rows = _rows_for(read_tensor(source, rule, cast), rank, world)
+        assert rows.shape == local.shape, f"{rule.ours}: shard {tuple(local.shape)} vs rows {tuple(rows.shape)}"
+        local.copy_(rows)
+    leftover_report(source, plan, (), what)
+    return dit.eval().requires_grad_(False)
+
+
+def local_parameter_count(module: torch.nn.Module) -> int:
+    """Elements this rank actually holds (the local shard of each sharded parameter)."""
+    total = 0
+    for p in module.parameters():
+        total += (p.to_local() if isinstance(p, DTensor) else p).numel()
+    return total
