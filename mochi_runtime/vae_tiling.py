@@ -68,44 +68,75 @@ def activation_elements_per_frame(vae: VAEDecoder, h: int, w: int) -> int:
     return cfg.block_out_channels[0] * h * w * cfg.spatial_factor**2
 
 
-# A residual block holds about this many piece-sized tensors at once (input, norm, padded conv input, output).
-LIVE_TENSORS = 6
+def carry_elements(vae: VAEDecoder, h: int, w: int) -> int:
+    """Elements every causal conv keeps between pieces (its last two input frames) for an h x w latent tile.
+
+    This is the floor of exact streaming: at 848x480 in bf16 it is ~2.6 GB, so budgets below that need tiles.
+    """
+    total = 0
+    level_hw = h * w
+    for block in vae.blocks:
+        convs = [m for m in block.modules() if isinstance(m, CausalConv3d)]
+        total += sum((m.kernel_size[0] - 1) * m.in_channels for m in convs) * level_hw
+        if isinstance(block, UpsampleBlock):
+            level_hw *= block.s_exp**2
+    return total
+
+
+# Besides the carries, about this many piece-sized tensors are alive at once (input, norm, padded conv input
+# with its two carried frames, conv output, residual), plus convolution workspace.
+LIVE_TENSORS = 8
+WORKSPACE_BYTES = 768 * 2**20
+MAX_TILES = 64
+
+
+def estimate_bytes(vae: VAEDecoder, latent_shape: tuple[int, ...], plan: "TilePlan", dtype_bytes: int = 2) -> int:
+    """Activation + output bytes of a decode with this plan, plus conv workspace on GPU (weights not counted)."""
+    _, _, t, h, w = latent_shape
+    s2 = vae.cfg.spatial_factor**2
+    frames = (t - 1) * vae.cfg.temporal_factor + 1
+    tiles = tiles_of(plan, h, w)
+    tile = max(tiles, key=lambda k: (k.yb - k.ya) * (k.xb - k.xa))
+    th, tw = tile.yb - tile.ya, tile.xb - tile.xa
+    piece = min(plan.piece_elements, activation_elements_per_frame(vae, th, tw))
+    piece = max(piece, activation_elements_per_frame(vae, th, tw))  # one frame is the smallest piece
+    out = 3 * frames * h * w * s2
+    tile_out = 0 if len(tiles) == 1 else 3 * frames * th * tw * s2
+    workspace = WORKSPACE_BYTES if vae.output_proj.weight.is_cuda else 0
+    return (out + tile_out + carry_elements(vae, th, tw) + LIVE_TENSORS * piece) * dtype_bytes + workspace
 
 
 def plan_for_budget(vae: VAEDecoder, latent_shape: tuple[int, ...], budget_bytes: int, dtype_bytes: int = 2,
-                    overlap: int = 4, halo: int = 2) -> TilePlan:
-    """Pieces (and, only if one frame does not fit, spatial tiles) whose activations fit `budget_bytes`.
+                    overlap: int = 4, halo: int = 2) -> "TilePlan":
+    """The fastest plan whose estimated activations and output fit `budget_bytes` (weights not counted).
 
-    The budget covers activations and the decoded output; weights are not counted.
+    Exact streaming over whole frames when it fits, else the fewest spatial tiles that do.
     """
-    _, _, t, h, w = latent_shape
-    out_bytes = 3 * ((t - 1) * vae.cfg.temporal_factor + 1) * h * w * vae.cfg.spatial_factor**2 * dtype_bytes
-    room = budget_bytes - out_bytes
-    piece = int(room // (LIVE_TENSORS * dtype_bytes))
-    frame = activation_elements_per_frame(vae, h, w)
-    if piece >= frame:
-        return TilePlan(piece_elements=piece, overlap=overlap, halo=halo)
-    if room <= 0:
-        raise ValueError(f"a budget of {budget_bytes} bytes cannot even hold the decoded video ({out_bytes} bytes)")
-    # Not one full-resolution frame fits: tile space so one tile-frame (with its halo) does.
-    scale = math.sqrt(max(piece, 1) / frame)
-    side_h = max(overlap + 1, int(h * scale) - 2 * halo)
-    side_w = max(overlap + 1, int(w * scale) - 2 * halo)
-    return TilePlan(piece_elements=max(piece, 1), tile_h=min(h, side_h), tile_w=min(w, side_w),
-                    overlap=overlap, halo=halo)
+    _, _, _, h, w = latent_shape
+    whole = TilePlan(overlap=overlap, halo=halo)
+    if estimate_bytes(vae, latent_shape, whole, dtype_bytes) <= budget_bytes:
+        return whole
+    for n in range(2, MAX_TILES + 1):
+        try:
+            plan = grid_plan((h, w), n, overlap, halo)
+        except ValueError:
+            continue
+        if estimate_bytes(vae, latent_shape, plan, dtype_bytes) <= budget_bytes:
+            return plan
+    raise ValueError(f"a budget of {budget_bytes} bytes cannot hold this decode even in the smallest tiles")
 
 
-def plan_for_ranks(latent_hw: tuple[int, int], world: int, overlap: int = 4, halo: int = 2,
+def grid_plan(latent_hw: tuple[int, int], tiles: int, overlap: int = 4, halo: int = 2,
                    piece_elements: int = TilePlan.piece_elements) -> TilePlan:
-    """Spatial tiles for spreading one decode over `world` ranks: a grid of exactly `world` tiles, least overlap."""
+    """A grid of exactly `tiles` spatial tiles with the least work per tile (one per rank when spreading a decode)."""
     h, w = latent_hw
-    if world <= 1:
+    if tiles <= 1:
         return TilePlan(piece_elements=piece_elements, overlap=overlap, halo=halo)
     best: tuple[float, TilePlan] | None = None
-    for gh in range(1, world + 1):
-        if world % gh:
+    for gh in range(1, tiles + 1):
+        if tiles % gh:
             continue
-        gw = world // gh
+        gw = tiles // gh
         th = h if gh == 1 else math.ceil((h + (gh - 1) * overlap) / gh)
         tw = w if gw == 1 else math.ceil((w + (gw - 1) * overlap) / gw)
         if (gh > 1 and th <= overlap) or (gw > 1 and tw <= overlap) or th > h or tw > w:
@@ -113,10 +144,10 @@ def plan_for_ranks(latent_hw: tuple[int, int], world: int, overlap: int = 4, hal
         plan = TilePlan(piece_elements=piece_elements, tile_h=th if gh > 1 else 0, tile_w=tw if gw > 1 else 0,
                         overlap=overlap, halo=halo)
         work = max((t.yb - t.ya) * (t.xb - t.xa) for t in tiles_of(plan, h, w))
-        if len(tiles_of(plan, h, w)) == world and (best is None or work < best[0]):
+        if len(tiles_of(plan, h, w)) == tiles and (best is None or work < best[0]):
             best = (work, plan)
     if best is None:
-        raise ValueError(f"cannot cut a {h}x{w} latent into {world} tiles wider than the overlap {overlap}")
+        raise ValueError(f"cannot cut a {h}x{w} latent into {tiles} tiles wider than the overlap {overlap}")
     return best[1]
 
 
@@ -204,9 +235,9 @@ def tiles_of(plan: TilePlan, h: int, w: int) -> list[Tile]:
 
 
 def decode_tile(vae: VAEDecoder, z: torch.Tensor, tile: Tile, plan: TilePlan) -> torch.Tensor:
-    """De-normalised latents -> the tile's kept region [B, 3, F, 8*th, 8*tw] in fp32 (halo cropped)."""
+    """De-normalised latents -> the tile's kept region [B, 3, F, 8*th, 8*tw] in the decoder's dtype (halo cropped)."""
     s = vae.cfg.spatial_factor
-    out = decode_frames(vae, z[:, :, :, tile.ya:tile.yb, tile.xa:tile.xb], plan.piece_elements, torch.float32)
+    out = decode_frames(vae, z[:, :, :, tile.ya:tile.yb, tile.xa:tile.xb], plan.piece_elements)
     dy, dx = (tile.y0 - tile.ya) * s, (tile.x0 - tile.xa) * s
     return out[:, :, :, dy:dy + tile.th * s, dx:dx + tile.tw * s]
 
@@ -224,22 +255,27 @@ def _ramp(length: int, lo_overlap: int, hi_overlap: int, device) -> torch.Tensor
 
 def blend_tiles(parts: Iterable[tuple[Tile, torch.Tensor]], plan: TilePlan, h: int, w: int,
                 spatial_factor: int) -> torch.Tensor:
-    """Weighted sum of decoded tiles, consumed one at a time -> [B, 3, F, 8h, 8w] fp32 (weights sum to 1)."""
+    """Weighted sum of decoded tiles, consumed one at a time -> [B, 3, F, 8h, 8w] in the tiles' dtype.
+
+    Accumulates in the tiles' dtype (bf16 on GPU: at most four terms per pixel, each weight <= 1), so a long
+    video costs one output-sized buffer, not a float32 one; the ramps are complementary, so the division by
+    the summed weights only corrects rounding.
+    """
     s, ov = spatial_factor, plan.overlap * spatial_factor
     out: torch.Tensor | None = None
     weight: torch.Tensor | None = None
     for tile, part in parts:
         if out is None:
-            out = torch.zeros(*part.shape[:3], h * s, w * s, device=part.device)
+            out = torch.zeros(*part.shape[:3], h * s, w * s, device=part.device, dtype=part.dtype)
             weight = torch.zeros(h * s, w * s, device=part.device)
         wy = _ramp(tile.th * s, ov if tile.y0 > 0 else 0, ov if tile.y0 + tile.th < h else 0, out.device)
         wx = _ramp(tile.tw * s, ov if tile.x0 > 0 else 0, ov if tile.x0 + tile.tw < w else 0, out.device)
         wt = wy[:, None] * wx[None, :]
         ys, xs = slice(tile.y0 * s, (tile.y0 + tile.th) * s), slice(tile.x0 * s, (tile.x0 + tile.tw) * s)
-        out[:, :, :, ys, xs] += part.to(out.device) * wt
+        out[:, :, :, ys, xs] += part.to(out.device) * wt.to(out.dtype)
         weight[ys, xs] += wt
     assert out is not None and weight is not None, "no tiles"
-    return out / weight
+    return out.div_(weight.to(out.dtype))
 
 
 @torch.inference_mode()

@@ -1,6 +1,6 @@
 import sys
 
-SUBCOMMANDS = ("dit", "load", "vae")
+SUBCOMMANDS = ("dit", "load", "vae", "pipeline")
 
 
 def main() -> int:
@@ -12,6 +12,8 @@ def main() -> int:
         from .dit import main as run
     elif kind == "vae":
         from .vae import main as run
+    elif kind == "pipeline":
+        from .pipeline import main as run
     else:
         from .load import main as run
     return run()

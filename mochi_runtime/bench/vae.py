@@ -1,6 +1,6 @@
 """VAE decode benchmark: full-size random bf16 decoder at 848x480, 49 and 163 frames.
 
-Ours on one GPU (exact streamed decode) and spread over N GPUs (one spatial tile
+Ours on one GPU (exact streamed decode, and spatially tiled to bound memory) and spread over N GPUs (one spatial tile
 per GPU, checked against the one-GPU tiled decode with the same plan), against
 diffusers' AutoencoderKLMochi on the same weights in the same invocation, with
 `enable_tiling()` alone and with framewise decoding added.
@@ -22,7 +22,7 @@ from ..config import get_preset
 from ..parallel.topology import free_port, join_loopback_group
 from ..tiny import init_random_
 from ..vae import VAEDecoder
-from ..vae_tiling import TilePlan, decode_tiled, plan_for_ranks
+from ..vae_tiling import TilePlan, decode_tiled, estimate_bytes, grid_plan
 from .common import peak_gib, print_table, write_record
 
 
@@ -81,7 +81,7 @@ def _rank_main(rank: int, world: int, port: int, opts: dict, out_q) -> None:
         dev = torch.device("cuda", rank)
         vae = build_vae(opts["preset"], dev, torch.bfloat16)
         z = latents(vae.cfg, opts["frames"], opts["height"], opts["width"], dev)
-        plan = plan_for_ranks(tuple(z.shape[-2:]), world)
+        plan = grid_plan(tuple(z.shape[-2:]), world)
 
         def run():
             dist.barrier()
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=848)
     ap.add_argument("--gpus", default="2,4", help="comma list of GPU counts to spread one decode over")
     ap.add_argument("--piece-elements", type=int, default=TilePlan.piece_elements)
+    ap.add_argument("--tiles", default="4,8", help="comma list of spatial tile counts to time on one GPU")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--no-diffusers", action="store_true")
@@ -154,7 +155,16 @@ def main(argv: list[str] | None = None) -> int:
             s, peak, out = timed(lambda: decode_tiled(vae, z, plan), a.warmup, a.iters, dev)
         add("ours streamed (exact)", 1, s, round(peak, 2), frames_out=out.shape[2])
         one, exact = s, out.cpu()
+        group[-1]["estimate_gib"] = round(estimate_bytes(vae, z.shape, plan) / 2**30, 2)
         del out
+        for n in (int(t) for t in a.tiles.split(",") if t):
+            tplan = grid_plan(tuple(z.shape[-2:]), n, piece_elements=a.piece_elements)
+            with torch.inference_mode():
+                s, peak, out = timed(lambda: decode_tiled(vae, z, tplan), a.warmup, a.iters, dev)
+            add(f"ours tiled ({n} tiles)", 1, s, round(peak, 2), frames_out=out.shape[2],
+                estimate_gib=round(estimate_bytes(vae, z.shape, tplan) / 2**30, 2),
+                max_abs_vs_ours_exact=float((out.cpu().float() - exact.float()).abs().max()))
+            del out
         if ref is not None:
             zd = (z * std + mean).to(torch.bfloat16)
             ref.enable_tiling()
@@ -183,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             g["speedup_vs_ours_1gpu"] = round(one / g["seconds"], 3)
         rows += group
         del z
-    print_table(rows, ["frames", "engine", "gpus", "seconds", "peak_gib", "speedup_vs_fastest_diffusers",
-                       "speedup_vs_ours_1gpu"])
+    print_table(rows, ["frames", "engine", "gpus", "seconds", "peak_gib", "estimate_gib",
+                       "speedup_vs_fastest_diffusers", "speedup_vs_ours_1gpu", "max_abs_vs_ours_exact"])
     baseline = [r for r in rows if r["engine"].startswith("diffusers")] or None
     write_record(a.json, "vae", rows, baseline, {
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "preset": a.preset},

@@ -120,11 +120,11 @@ class WorkerGroup:
 
         Returns uint8 frames [1, F, H, W, 3]; equals `decode_tiled` with the same plan in one process.
         """
-        from ..vae_tiling import plan_for_ranks
+        from ..vae_tiling import grid_plan
 
         if not self.alive():
             raise WorkerGroupError("DiT worker group is not running")
-        plan = plan or plan_for_ranks(tuple(latents.shape[-2:]), self.spec.layout.world)
+        plan = plan or grid_plan(tuple(latents.shape[-2:]), self.spec.layout.world)
         with self._lock:
             self._conn.send(DecodeTask(latents.to("cpu"), plan))
             kind, payload = self._wait()

@@ -2,7 +2,7 @@
 
 Tiles are independent, so rank r decoding tiles r, r+N, ... and rank 0 blending
 them in the plan's order computes exactly what the single-process tiled decode
-computes with the same plan (`vae_tiling.plan_for_ranks` cuts one tile per rank).
+computes with the same plan (`vae_tiling.grid_plan` cuts one tile per rank).
 """
 from __future__ import annotations
 

@@ -1,0 +1,164 @@
+"""Whole-pipeline memory on N GPUs under a per-GPU budget: T5-XXL, the DiT group, the VAE decode.
+
+Full-size random bf16 weights. Each rank caps its allocator at the budget
+(torch.cuda.set_per_process_memory_fraction), so "fits" means no allocation
+ever went past it. Rank 0 encodes the prompts with T5 and frees it before the
+DiT loads; the DiT runs `--steps` denoising steps in the chosen layout and
+weight mode; the VAE decode is spread over the group (one tile per GPU), or
+run on rank 0 alone with `--no-spread-vae`.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import queue
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ..config import get_preset
+from ..parallel.topology import ParallelGroups, free_port, join_loopback_group
+from ..sampler import euler_sample, initial_noise, linear_quadratic_schedule
+from ..text_encoder import TextEmbedding
+from ..tiny import init_random_
+from .common import print_table, write_record
+from .dit import build_dit
+from .dit_parallel import parse_layout
+
+
+def _gib(x: float) -> float:
+    return round(x / 2**30, 2)
+
+
+def _t5_embeddings(device, tokens: int = 256, preset: str = "mochi-1-preview") -> tuple[TextEmbedding, TextEmbedding]:
+    """Random full-size T5-XXL encoder on `device`, two prompts encoded, the model freed again."""
+    from transformers import T5Config, T5EncoderModel
+
+    c = get_preset(preset).t5
+    with torch.device("meta"):
+        t5 = T5EncoderModel(T5Config(**c.to_dict(), is_encoder_decoder=False, use_cache=False)).to(torch.bfloat16)
+    t5 = init_random_(t5.to_empty(device=device), seed=7, scale=0.5).eval()
+    ids = torch.randint(0, c.vocab_size, (2, tokens), device=device, generator=torch.Generator(device).manual_seed(0))
+    mask = torch.zeros(2, tokens, dtype=torch.bool, device=device)
+    mask[1, :64] = True  # uncond = empty prompt (no valid tokens), cond = 64 tokens
+    with torch.inference_mode():
+        feats = t5(input_ids=ids, attention_mask=mask.long()).last_hidden_state.float()
+    del t5
+    gc.collect()
+    torch.cuda.empty_cache()
+    feats = torch.nan_to_num(feats).masked_fill(~mask[..., None], 0.0).cpu()  # random bf16 T5 may overflow
+    return TextEmbedding(feats[1:], mask[1:].cpu()), TextEmbedding(feats[:1], mask[:1].cpu())
+
+
+def _rank_main(rank: int, opts: dict, port: int, out_q) -> None:
+    from ..parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
+    from ..parallel.vae_decode import decode_distributed
+    from ..vae_tiling import TilePlan, decode_tiled, grid_plan
+    from .vae import build_vae
+
+    layout = parse_layout(opts["layout"])
+    join_loopback_group(rank, layout.world, port, True, timedelta(minutes=20))
+    dev = torch.device("cuda", rank)
+    total = torch.cuda.get_device_properties(dev).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, opts["budget_gib"] * 2**30 / total), dev)
+    stages: dict[str, float] = {}
+    error = None
+    t0 = time.perf_counter()
+    try:
+        groups = ParallelGroups(layout)
+        box = [None]
+        if rank == 0:
+            box = [_t5_embeddings(dev)]
+        stages["t5_peak"] = _gib(torch.cuda.max_memory_allocated(dev))
+        dist.broadcast_object_list(box, src=0, group=groups.control)
+        cond, uncond = box[0]
+        torch.cuda.reset_peak_memory_stats(dev)
+        shard = {"replicated": None, "sharded": dist.group.WORLD, "sharded-sp": groups.sp_group}[opts["weights"]]
+        dit = build_dit("mochi-1-preview", dev, torch.bfloat16, shard_group=shard)
+        dit.compile_blocks()
+        model = SequenceParallelDiT(dit, groups, "auto")
+        velocity = ParallelCFGVelocity(model, cond.to(dev), uncond.to(dev), 4.5)
+        t = (opts["frames"] - 1) // 6 + 1
+        z = initial_noise(0, (1, 12, t, opts["height"] // 8, opts["width"] // 8)).to(dev)
+        with torch.inference_mode():
+            latents = euler_sample(velocity, z, linear_quadratic_schedule(opts["steps"]))
+        stages["dit_peak"] = _gib(torch.cuda.max_memory_allocated(dev))
+        del velocity, model, dit
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        vae = build_vae("mochi-1-preview", dev, torch.bfloat16)
+        with torch.inference_mode():
+            if opts["spread_vae"]:
+                video = decode_distributed(vae, latents, grid_plan(tuple(latents.shape[-2:]), layout.world))
+            else:
+                video = decode_tiled(vae, latents, TilePlan()) if rank == 0 else None
+        if video is not None:
+            stages["frames"] = int(video.shape[2])
+        stages["vae_peak"] = _gib(torch.cuda.max_memory_allocated(dev))
+        torch.cuda.synchronize(dev)
+    except torch.OutOfMemoryError as e:
+        error = f"out of memory: {str(e).splitlines()[0]}"
+    stages["seconds"] = round(time.perf_counter() - t0, 1)
+    everyone = [None] * layout.world
+    dist.all_gather_object(everyone, {"stages": stages, "error": error})
+    if rank == 0:
+        out_q.put(everyone)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def run(opts: dict) -> list[dict]:
+    world = parse_layout(opts["layout"]).world
+    q = mp.get_context("spawn").Queue()
+    procs = mp.start_processes(_rank_main, args=(opts, free_port(), q), nprocs=world, start_method="spawn",
+                               join=False)
+    while True:  # read before joining (see dit_parallel.run_layout)
+        try:
+            r = q.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if procs.join(timeout=0):
+                raise RuntimeError(f"{opts['layout']}: ranks exited without a result")
+    while not procs.join():
+        pass
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mochi_runtime.bench pipeline")
+    ap.add_argument("--runs", default="2x2x1:sharded:24:49,2x2x1:sharded:48:163",
+                    help="comma list of LAYOUT:WEIGHTS:BUDGET_GIB:FRAMES")
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=848)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--no-spread-vae", action="store_true")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    rows = []
+    for spec in a.runs.split(","):
+        layout, weights, budget, frames = spec.split(":")
+        opts = {"layout": layout, "weights": weights, "budget_gib": float(budget), "frames": int(frames),
+                "height": a.height, "width": a.width, "steps": a.steps, "spread_vae": not a.no_spread_vae}
+        try:
+            ranks = run(opts)
+        except RuntimeError as e:
+            ranks = [{"stages": {}, "error": str(e)}]
+        errors = [r["error"] for r in ranks if r["error"]]
+        row = {"layout": layout, "weights": weights, "budget_gib": float(budget), "frames": int(frames),
+               "fits": not errors, "error": errors[0] if errors else None,
+               "t5_peak_gib": ranks[0]["stages"].get("t5_peak"),
+               "dit_peak_gib": [r["stages"].get("dit_peak") for r in ranks],
+               "vae_peak_gib": [r["stages"].get("vae_peak") for r in ranks],
+               "frames_out": ranks[0]["stages"].get("frames"), "seconds": ranks[0]["stages"].get("seconds")}
+        rows.append(row)
+        print(row, flush=True)
+    print_table(rows, ["layout", "weights", "budget_gib", "frames", "fits", "t5_peak_gib", "dit_peak_gib",
+                       "vae_peak_gib", "frames_out"])
+    write_record(a.json, "pipeline-memory", rows, None, {
+        "shape": {"height": a.height, "width": a.width, "steps": a.steps}, "spread_vae": not a.no_spread_vae,
+    }, subcommand="pipeline")
+    return 0
