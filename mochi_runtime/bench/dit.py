@@ -29,7 +29,7 @@ def cfg_inputs(cfg, frames: int, height: int, width: int, cond_tokens: int, devi
     return x, sigma, y, mask
 
 
-def build_dit(preset: str, device, dtype, seed: int = 0, shard_group=None) -> AsymmDiT:
+def build_dit(preset: str, device, dtype, seed: int = 0, shard_group=None, prefetch: int = 1) -> AsymmDiT:
     """Random full-size weights (the same on every rank); FSDP2-sharded over `shard_group` when given."""
     cfg = get_preset(preset).dit
     with torch.device("meta"):
@@ -37,7 +37,7 @@ def build_dit(preset: str, device, dtype, seed: int = 0, shard_group=None) -> As
     if shard_group is not None:
         from ..parallel.sharded import shard_modules
 
-        shard_modules(dit, shard_group, torch.device(device))
+        shard_modules(dit, shard_group, torch.device(device), prefetch)
     dit = init_random_dit_(dit.to_empty(device=device), seed)
     return dit.eval().requires_grad_(False)
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cfg-parallel", action="store_true")
     ap.add_argument("--weights", default="replicated",
                     help="comma list of DiT weight modes to time per layout: replicated, sharded (FSDP2 over the "
-                         "world), sharded-sp (FSDP2 within each CFG half)")
+                         "world), sharded-sp (FSDP2 within each CFG half); '@N' prefetches N blocks (sharded@2)")
     ap.add_argument("--gpu-budget-gib", type=float, default=None,
                     help="cap each rank's allocator at this many GiB (torch.cuda.set_per_process_memory_fraction)")
     a = ap.parse_args(argv)
@@ -154,7 +154,7 @@ def main_parallel(a: argparse.Namespace) -> int:
              "weight_gib_per_gpu": [round(p, 2) for p in base["weight_gib"]]}]
     for lay in layouts:
         for mode in modes:
-            if mode == "sharded-sp" and lay.cfg == 1:
+            if mode.startswith("sharded-sp") and lay.cfg == 1:
                 continue  # the same as sharded over the world
             name = f"{lay.cfg}x{lay.ulysses}x{lay.ring}"
             try:

@@ -41,15 +41,15 @@ def rows_for_param(param: DTensor, full: torch.Tensor) -> torch.Tensor:
     return _rows_for(full, mesh.get_local_rank(), mesh.size())
 
 
-def shard_modules(dit: AsymmDiT, group: dist.ProcessGroup, device: torch.device) -> AsymmDiT:
-    """Apply fully_shard per block and at the root, with next-block forward prefetch."""
+def shard_modules(dit: AsymmDiT, group: dist.ProcessGroup, device: torch.device, prefetch: int = 1) -> AsymmDiT:
+    """Apply fully_shard per block and at the root, gathering the next `prefetch` blocks ahead."""
     mesh = DeviceMesh.from_group(group, device.type)
     blocks = list(dit.blocks)
     for block in blocks:
         fully_shard(block, mesh=mesh, reshard_after_forward=True)
     fully_shard(dit, mesh=mesh, reshard_after_forward=True)
-    for current, nxt in zip(blocks, blocks[1:]):
-        current.set_modules_to_forward_prefetch([nxt])
+    for i, current in enumerate(blocks[:-1]):
+        current.set_modules_to_forward_prefetch(blocks[i + 1:i + 1 + prefetch])
     return dit
 
 

@@ -23,6 +23,29 @@ def _text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
+def plan_weights(p, dit_cfg, layout, devices, limits):
+    """Weight mode ('auto' picks by the budget), the per-GPU budget, and the memory model requests are checked on."""
+    from mochi_runtime.memory import DiTMemoryModel, choose_weights
+
+    budget = int(p.get("memory_budget_bytes") or 0)
+    weights = p.get("weights") or "replicated"
+    over = p.get("shard_over") or "world"
+    dtype = p.get("dtype") or "auto"
+    dtype_bytes = 4 if dtype == "fp32" or (dtype == "auto" and not devices) else 2
+    model = DiTMemoryModel(dit_cfg, layout.cfg, layout.ulysses, layout.ring, weights,
+                           layout.world if over == "world" else layout.sp, dtype_bytes, gpu=bool(devices))
+    if weights == "auto":
+        height = min(480, limits.max_pixels // 16 // 16 * 16)  # the largest request the caps allow
+        width = max(16, limits.max_pixels // height // 16 * 16)
+        largest = GenerationRequest("", num_frames=limits.max_frames, height=height, width=width, steps=1)
+        weights = choose_weights(model, largest, budget)
+        model = DiTMemoryModel(**{**model.__dict__, "weights": weights})
+    if budget and model.weight_bytes() > budget:
+        raise ValueError(f"memory_budget_bytes={budget} cannot hold the DiT's {model.weights} weights "
+                         f"({model.weight_bytes() / 2**30:.2f} GiB per GPU); use weights=sharded or more GPUs")
+    return weights, budget, model
+
+
 def instance_index(args) -> int:
     try:
         return int(args["model_instance_name"].rsplit("_", 1)[-1])
@@ -47,7 +70,9 @@ class TritonPythonModel:
         elif int(p.get("cpu_world") or layout.world) != layout.world:
             raise ValueError(f"cpu_world {p.get('cpu_world')} != {layout.describe()}")
         md_path = A.model_dir(p)
-        self.feat_dim = open_model_dir(md_path).dit_config().t5_feat_dim
+        dit_cfg = open_model_dir(md_path).dit_config()
+        self.feat_dim = dit_cfg.t5_feat_dim
+        weights, self.budget, self.memory = plan_weights(p, dit_cfg, layout, devices, self.limits)
         self._fams = []
         for fam, m, name in (
             A.histogram(pb_utils, "mochi_denoise_latency_seconds", "DiT denoising time per generation",
@@ -63,7 +88,7 @@ class TritonPythonModel:
             setattr(self, f"m_{name}", m)
         self.engine = DiTEngine(
             GroupSpec(layout, md_path, devices, p.get("dtype") or "auto", p.get("attention") or "auto",
-                      weights=p.get("weights") or "replicated", shard_over=p.get("shard_over") or "world"),
+                      weights=weights, shard_over=p.get("shard_over") or "world"),
             max_queue=int(p.get("max_queue") or 8),
             on_restart=lambda: self.m_restarts.increment(1),
             on_steps=self.m_steps.increment,
@@ -119,6 +144,7 @@ class TritonPythonModel:
             raise RequestError("text_embeds", "must be finite")
         req = validate(GenerationRequest(prompt="", **A.knobs(pb_utils, request, self.defaults)), self.limits,
                        check_text=False)
+        self.memory.check(req, self.budget)
         gen_id = _text(A.single(pb_utils, request, "GENERATION_ID"))
         feats, m = torch.from_numpy(embeds.copy()), torch.from_numpy(mask.astype(np.bool_))
         t0 = time.monotonic()

@@ -1,0 +1,100 @@
+"""Per-GPU memory of the DiT group: weights by mode, activations by request, and the budget check.
+
+The activation model is linear in the visual token-samples one rank carries
+(batch per rank x visual tokens per rank), in units of the model width, fitted
+on measured peaks (4x H200, full size, bf16, docs/benchmarks.md) and rounded up
+so that every measured case lands below its estimate:
+
+    1 GPU 49 f: 3.07 GiB measured over weights   estimate 4.08
+    1 GPU 163 f: 10.33                           11.6
+    cfg2 x ulysses2 49 f: 1.06                   1.75
+    cfg2 x ulysses2 163 f: 3.69                  4.4
+
+Ulysses ranks hold all-to-all buffers besides (factor 1.4). Sharded weights keep
+1/N of the DiT plus about three gathered blocks (current, prefetched, in flight).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .config import DiTConfig
+from .dit import AsymmDiT
+from .validation import GenerationRequest, RequestError
+
+HIDDEN_VECTORS_PER_TOKEN = 22  # activation bytes per token-sample / (hidden_size_x * dtype bytes)
+ULYSSES_FACTOR = 1.4
+GPU_FIXED_BYTES = 512 * 2**20  # kernels' workspaces, allocator slack
+GATHERED_BLOCKS = 3
+
+
+def _param_counts(cfg: DiTConfig) -> tuple[int, int]:
+    """(all parameters, parameters of the largest block), counted on the meta device."""
+    with torch.device("meta"):
+        dit = AsymmDiT(cfg)
+    block = max(sum(p.numel() for p in b.parameters()) for b in dit.blocks)
+    return sum(p.numel() for p in dit.parameters()), block
+
+
+@dataclass(frozen=True)
+class DiTMemoryModel:
+    """Estimates for one group: layout degrees, weight mode, dtype."""
+
+    cfg: DiTConfig
+    cfg_degree: int = 1
+    ulysses: int = 1
+    ring: int = 1
+    weights: str = "replicated"
+    shard_ranks: int = 1  # ranks the weights are sharded over (world or sp)
+    dtype_bytes: int = 2
+    gpu: bool = True
+
+    def weight_bytes(self) -> int:
+        """Weights resident on each GPU (the shard, when sharded)."""
+        total, _ = _param_counts(self.cfg)
+        if self.weights == "sharded":
+            return math.ceil(total / self.shard_ranks) * self.dtype_bytes
+        return total * self.dtype_bytes
+
+    def gather_bytes(self) -> int:
+        """Blocks gathered for the forward pass at once (sharded only)."""
+        if self.weights != "sharded":
+            return 0
+        return GATHERED_BLOCKS * _param_counts(self.cfg)[1] * self.dtype_bytes
+
+    def activation_bytes(self, request: GenerationRequest) -> int:
+        t, h, w = request.latent_shape[2:]
+        tokens = t * (h // self.cfg.patch_size) * (w // self.cfg.patch_size)
+        sp = self.ulysses * self.ring
+        batch = 1 if self.cfg_degree == 2 or request.guidance == 1.0 else 2
+        token_samples = batch * math.ceil(tokens / sp)
+        per = HIDDEN_VECTORS_PER_TOKEN * self.cfg.hidden_size_x * self.dtype_bytes
+        factor = ULYSSES_FACTOR if self.ulysses > 1 else 1.0
+        return int(token_samples * per * factor) + (GPU_FIXED_BYTES if self.gpu else 0)
+
+    def total_bytes(self, request: GenerationRequest) -> int:
+        return self.weight_bytes() + self.gather_bytes() + self.activation_bytes(request)
+
+    def check(self, request: GenerationRequest, budget_bytes: int) -> None:
+        """RequestError (INVALID_ARG) before anything runs when the request cannot fit the per-GPU budget."""
+        if budget_bytes <= 0:
+            return
+        need = self.total_bytes(request)
+        if need > budget_bytes:
+            raise RequestError(
+                "num_frames",
+                f"{request.num_frames} frames at {request.width}x{request.height} needs about {need / 2**30:.2f} GiB "
+                f"per GPU ({self.weights} weights {self.weight_bytes() / 2**30:.2f} GiB + activations), over this "
+                f"server's memory_budget_bytes={budget_bytes} ({budget_bytes / 2**30:.2f} GiB); ask for fewer frames "
+                f"or pixels",
+            )
+
+
+def choose_weights(model: DiTMemoryModel, largest: GenerationRequest, budget_bytes: int) -> str:
+    """'replicated' when the largest allowed request fits the budget with full copies, else 'sharded'."""
+    if budget_bytes <= 0:
+        return "replicated"
+    replicated = DiTMemoryModel(**{**model.__dict__, "weights": "replicated"})
+    return "replicated" if replicated.total_bytes(largest) <= budget_bytes else "sharded"

@@ -1,0 +1,105 @@
+"""The per-GPU memory model against measured peaks, and budget refusals (in process and through Triton)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mochi_runtime.config import get_preset
+from mochi_runtime.memory import DiTMemoryModel, choose_weights
+from mochi_runtime.validation import GenerationRequest, RequestError
+
+ROOT = Path(__file__).resolve().parents[1]
+FULL = get_preset("mochi-1-preview").dit
+GIB = 2**30
+
+
+def _req(frames: int) -> GenerationRequest:
+    return GenerationRequest("", num_frames=frames, height=480, width=848)
+
+
+def _measured():
+    """(layout, weights, frames, peak GiB per GPU) from the recorded multi-GPU benchmark runs."""
+    out = []
+    for name in ("dit_sharded_h200x4.json", "dit_ring_h200x4.json", "dit_parallel_49f_4xh200.json",
+                 "dit_parallel_163f_4xh200.json"):
+        record = json.loads((ROOT / "docs" / "bench" / name).read_text())
+        for row in record["results"]:
+            if "peak_gib_per_gpu" in row:
+                out.append((row["layout"], row.get("weights", "replicated"), record["shape"]["frames"],
+                            max(row["peak_gib_per_gpu"])))
+    return out
+
+
+@pytest.mark.parametrize("layout,weights,frames,peak", _measured())
+def test_estimate_covers_every_measured_peak(layout, weights, frames, peak):
+    c, u, r = (int(v) for v in layout.split("x"))
+    shard = c * u * r if weights == "sharded" else u * r
+    model = DiTMemoryModel(FULL, c, u, r, "replicated" if weights == "replicated" else "sharded", shard)
+    est = model.total_bytes(_req(frames)) / GIB
+    assert peak <= est <= peak + 2.0, (est, peak)  # safe, and not so loose that it refuses what fits
+
+
+def test_sharded_weights_fit_a_24gb_card_on_four_gpus():
+    model = DiTMemoryModel(FULL, 2, 2, 1, "sharded", 4)
+    assert model.weight_bytes() <= 6e9
+    # A 24 GB card that also holds T5-XXL's 9.5 GB leaves ~14 GB to the DiT: only shards fit.
+    assert choose_weights(model, _req(49), 14 * 10**9) == "sharded"
+    assert choose_weights(model, _req(163), 80 * GIB) == "replicated"
+
+
+def test_a_request_over_budget_is_refused_naming_the_limit():
+    model = DiTMemoryModel(FULL, 2, 2, 1, "sharded", 4)
+    model.check(_req(49), 24 * GIB)
+    with pytest.raises(RequestError) as e:
+        model.check(_req(163), 8 * GIB)
+    assert e.value.field == "num_frames" and "memory_budget_bytes" in str(e.value)
+
+
+def test_triton_refuses_a_request_that_cannot_fit_and_serves_one_that_can(tmp_path):
+    """mochi_dit with a per-GPU budget (CPU group, fp32 tiny weights): INVALID_ARG up front, server healthy."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from mochi_runtime.parallel.topology import free_port
+    from mochi_runtime.serving.tritonserver import ServerConfig, TritonServer
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "model_repository" / "mochi_dit", repo / "mochi_dit")
+    cfg = repo / "mochi_dit" / "config.pbtxt"
+    text = cfg.read_text()
+    assert '"memory_budget_bytes" value: { string_value: "0" }' in text
+    cfg.write_text(text.replace('"memory_budget_bytes" value: { string_value: "0" }',
+                                '"memory_budget_bytes" value: { string_value: "268435456" }'))
+    ports = [free_port() for _ in range(3)]
+    srv = TritonServer(ServerConfig(model_repository=repo, http_port=ports[0], grpc_port=ports[1],
+                                    metrics_port=ports[2], work_dir=tmp_path / "work"))
+    srv.start()
+    try:
+        srv.wait_ready(600)
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        dim = get_preset("tiny").dit.t5_feat_dim
+
+        def call(frames: int, height: int, width: int):
+            inputs = []
+            for name, arr in (("TEXT_EMBEDS", np.zeros((2, 8, dim), np.float32)),
+                              ("TEXT_MASK", np.ones((2, 8), np.bool_)),
+                              ("NUM_FRAMES", np.array([frames], np.int32)), ("HEIGHT", np.array([height], np.int32)),
+                              ("WIDTH", np.array([width], np.int32)), ("STEPS", np.array([1], np.int32))):
+                t = grpcclient.InferInput(name, list(arr.shape), "BOOL" if arr.dtype == np.bool_ else
+                                          ("FP32" if arr.dtype == np.float32 else "INT32"))
+                t.set_data_from_numpy(arr)
+                inputs.append(t)
+            return client.infer("mochi_dit", inputs, outputs=[grpcclient.InferRequestedOutput("LATENTS")])
+
+        with pytest.raises(InferenceServerException) as e:
+            call(163, 480, 848)
+        assert "INVALID_ARG" in str(e.value.status()) and "memory_budget_bytes" in e.value.message()
+        out = call(7, 32, 32).as_numpy("LATENTS")
+        assert out.shape == (1, 12, 2, 4, 4) and np.isfinite(out).all()
+        assert client.is_server_live() and client.is_model_ready("mochi_dit")
+    finally:
+        srv.stop()
