@@ -51,7 +51,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
         denoiser = WorkerGroup(GroupSpec(layout, a.model_dir, tuple(range(gpus)) if gpus else None, a.dtype,
                                          a.attention, weights=a.weights))
     pipe = MochiPipeline.from_dir(a.model_dir, device=a.device, dtype=a.dtype, attention=a.attention, limits=limits,
-                                  denoiser=denoiser, parallel_decode=a.parallel_vae)
+                                  denoiser=denoiser, parallel_decode=a.parallel_vae,
+                                  offload_text_encoder=a.offload_t5)
     load_s = time.perf_counter() - t0
     bar = tqdm(total=request.steps, desc="denoise", unit="step", disable=a.quiet)
 
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="GPUs for the DiT group (= cfg x ulysses x ring); without GPUs, CPU processes with gloo")
     g.add_argument("--weights", default="replicated", choices=["replicated", "sharded"],
                    help="DiT weights per rank: a full copy, or a 1/N FSDP2 shard gathered block by block")
+    g.add_argument("--offload-t5", action="store_true",
+                   help="keep T5's weights in host memory between encodes (frees ~9.5 GB of GPU memory)")
     g.add_argument("--parallel-vae", action="store_true",
                    help="spread the VAE decode's spatial tiles over the DiT group (blended tiles, not exact)")
     g.set_defaults(fn=cmd_generate)

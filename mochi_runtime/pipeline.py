@@ -83,12 +83,12 @@ def load_vae(md: ModelDir, device: torch.device, dtype: torch.dtype) -> VAEDecod
 
 
 def load_text_encoder(md: ModelDir, device: torch.device, dtype: torch.dtype | None = None,
-                      t5_dir: str | Path | None = None) -> TextEncoder:
+                      t5_dir: str | Path | None = None, offload: bool = False) -> TextEncoder:
     if t5_dir is not None:
         enc, tok = Path(t5_dir) / "text_encoder", Path(t5_dir) / "tokenizer"
     else:
         enc, tok = md.t5_paths()
-    return TextEncoder(enc, tok, device, dtype)
+    return TextEncoder(enc, tok, device, dtype, offload=offload)
 
 
 @dataclass
@@ -143,12 +143,13 @@ class MochiPipeline:
         denoiser: Denoiser | None = None,
         t5_dir: str | Path | None = None,
         parallel_decode: bool = False,
+        offload_text_encoder: bool = False,
     ) -> "MochiPipeline":
         """Load T5 and the VAE here; the DiT too unless a `denoiser` (e.g. a parallel group) is given."""
         md = open_model_dir(model_dir)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        te = load_text_encoder(md, dev, torch.float32 if dev.type == "cpu" else dt, t5_dir)
+        te = load_text_encoder(md, dev, torch.float32 if dev.type == "cpu" else dt, t5_dir, offload_text_encoder)
         if denoiser is None:
             dit = load_dit(md, dev, dt, attention)
             check_text_width(te, dit.cfg.t5_feat_dim)

@@ -51,3 +51,15 @@ def test_cli_parallel_vae_needs_a_group(tmp_path):
          str(tmp_path / "x.mp4")], capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "--parallel-vae" in proc.stderr
+
+
+def test_offloaded_text_encoder_gives_the_same_embeddings(official_dir):
+    from mochi_runtime.checkpoints import ModelDir
+    from mochi_runtime.pipeline import load_text_encoder
+
+    md = ModelDir.open(official_dir)
+    plain = load_text_encoder(md, "cpu")
+    offloaded = load_text_encoder(md, "cpu", offload=True)
+    a, b = plain.encode(["a red fox", ""]), offloaded.encode(["a red fox", ""])
+    assert offloaded.offload and next(offloaded.model.parameters()).device.type == "cpu"
+    assert bool((a.features == b.features).all()) and bool((a.mask == b.mask).all())

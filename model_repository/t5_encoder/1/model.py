@@ -15,7 +15,8 @@ class TritonPythonModel:
         params = A.model_params(args)
         self.limits = A.limits_from(params)
         md = open_model_dir(A.model_dir(params))
-        self.encoder = load_text_encoder(md, torch.device(params.get("device") or "cpu"))
+        self.encoder = load_text_encoder(md, torch.device(params.get("device") or "cpu"),
+                                         offload=(params.get("offload") or "").lower() in ("1", "true", "yes"))
         self._fam, self.latency = A.histogram(pb_utils, "mochi_t5_latency_seconds",
                                               "T5 prompt encoding time per request", A.LATENCY_BUCKETS)
 
