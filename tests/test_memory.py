@@ -64,8 +64,7 @@ def test_triton_refuses_a_request_that_cannot_fit_and_serves_one_that_can(tmp_pa
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from mochi_runtime.parallel.topology import free_port
-    from mochi_runtime.serving.tritonserver import ServerConfig, TritonServer
+    from triton_helpers import dit_inputs, running_server
 
     repo = tmp_path / "repo"
     shutil.copytree(ROOT / "model_repository" / "mochi_dit", repo / "mochi_dit")
@@ -74,26 +73,13 @@ def test_triton_refuses_a_request_that_cannot_fit_and_serves_one_that_can(tmp_pa
     assert '"memory_budget_bytes" value: { string_value: "0" }' in text
     cfg.write_text(text.replace('"memory_budget_bytes" value: { string_value: "0" }',
                                 '"memory_budget_bytes" value: { string_value: "268435456" }'))
-    ports = [free_port() for _ in range(3)]
-    srv = TritonServer(ServerConfig(model_repository=repo, http_port=ports[0], grpc_port=ports[1],
-                                    metrics_port=ports[2], work_dir=tmp_path / "work"))
-    srv.start()
-    try:
-        srv.wait_ready(600)
+    with running_server(tmp_path / "work", model_repository=repo) as srv:
         client = grpcclient.InferenceServerClient(srv.grpc_url)
         dim = get_preset("tiny").dit.t5_feat_dim
 
         def call(frames: int, height: int, width: int):
-            inputs = []
-            for name, arr in (("TEXT_EMBEDS", np.zeros((2, 8, dim), np.float32)),
-                              ("TEXT_MASK", np.ones((2, 8), np.bool_)),
-                              ("NUM_FRAMES", np.array([frames], np.int32)), ("HEIGHT", np.array([height], np.int32)),
-                              ("WIDTH", np.array([width], np.int32)), ("STEPS", np.array([1], np.int32))):
-                t = grpcclient.InferInput(name, list(arr.shape), "BOOL" if arr.dtype == np.bool_ else
-                                          ("FP32" if arr.dtype == np.float32 else "INT32"))
-                t.set_data_from_numpy(arr)
-                inputs.append(t)
-            return client.infer("mochi_dit", inputs, outputs=[grpcclient.InferRequestedOutput("LATENTS")])
+            return client.infer("mochi_dit", dit_inputs(grpcclient, dim, frames, height, width),
+                                outputs=[grpcclient.InferRequestedOutput("LATENTS")])
 
         with pytest.raises(InferenceServerException) as e:
             call(163, 480, 848)
@@ -101,5 +87,3 @@ def test_triton_refuses_a_request_that_cannot_fit_and_serves_one_that_can(tmp_pa
         out = call(7, 32, 32).as_numpy("LATENTS")
         assert out.shape == (1, 12, 2, 4, 4) and np.isfinite(out).all()
         assert client.is_server_live() and client.is_model_ready("mochi_dit")
-    finally:
-        srv.stop()

@@ -109,14 +109,22 @@ def error_response(pb_utils, exc: BaseException):
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
     if isinstance(exc, Cancelled):
         return pb_utils.InferenceResponse(error=pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED))
-    if isinstance(exc, QueueFull):
+    if isinstance(exc, (QueueFull, RequestTimeout, ShuttingDown)):
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE))
     log.error("request failed: %s", "".join(traceback.format_exception(exc)))
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
 
 
 class QueueFull(RuntimeError):
-    pass
+    """The engine's queue is at its bound: refused at once, the client may retry."""
+
+
+class RequestTimeout(RuntimeError):
+    """The request's timeout passed while it waited or ran; the group stopped at a step boundary."""
+
+
+class ShuttingDown(RuntimeError):
+    """The model is being unloaded; queued requests are answered, not dropped."""
 
 
 def histogram(pb_utils, name: str, description: str, buckets: list[float], labels: dict | None = None):

@@ -18,7 +18,7 @@ from typing import Callable
 from ..parallel import Cancelled, GroupSpec, WorkerGroup, WorkerGroupError
 from ..text_encoder import TextEmbedding
 from ..validation import GenerationRequest
-from .adapters import QueueFull
+from .adapters import QueueFull, RequestTimeout, ShuttingDown
 
 log = logging.getLogger("mochi.dit_engine")
 
@@ -34,9 +34,13 @@ class Job:
     generation_id: str | None = None
     cancel_flag: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.monotonic)
+    timeout_s: float | None = None  # from submission; past it the request ends with RequestTimeout
 
     def cancelled(self) -> bool:
         return self.cancel_flag.is_set() or self.is_cancelled()
+
+    def timed_out(self) -> bool:
+        return self.timeout_s is not None and time.monotonic() - self.submitted > self.timeout_s
 
 
 class DiTEngine:
@@ -62,6 +66,8 @@ class DiTEngine:
 
     # -- requests --------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
+        if self._closing.is_set():
+            raise ShuttingDown("the DiT model is shutting down")
         if job.generation_id:
             with self._lock:
                 self._jobs[job.generation_id] = job
@@ -126,7 +132,10 @@ class DiTEngine:
     def _run(self) -> None:
         while True:
             job = self._queue.get()
-            if job is None:
+            if job is None or self._closing.is_set():
+                if job is not None:
+                    job.on_error(ShuttingDown("the DiT model is shutting down; request not run"))
+                    self._forget(job)
                 return
             try:
                 self._execute(job)
@@ -143,6 +152,10 @@ class DiTEngine:
         if job.cancelled():
             job.on_error(Cancelled("cancelled while queued"))
             return
+        if job.timed_out():
+            job.on_error(RequestTimeout(f"waited {time.monotonic() - job.submitted:.1f} s in the DiT queue, past the "
+                                        f"request's timeout of {job.timeout_s:g} s"))
+            return
         t0 = time.monotonic()
 
         def on_step(i: int, total: int) -> None:
@@ -151,6 +164,8 @@ class DiTEngine:
             self._publish(job.generation_id, i, total, time.monotonic() - t0)
             if job.cancelled():
                 raise Cancelled(f"cancelled after step {i} of {total}")
+            if job.timed_out():
+                raise RequestTimeout(f"request timeout of {job.timeout_s:g} s reached after step {i} of {total}")
 
         if not self.group.alive():
             self._restart()
@@ -166,6 +181,8 @@ class DiTEngine:
             self._restart()
             return
         except BaseException as e:  # Cancelled, or a callback error
+            if isinstance(e, Cancelled) and self._closing.is_set():
+                e = ShuttingDown(f"the server is shutting down; generation stopped ({e})")
             job.on_error(e)
             return
         job.on_done(latents)
@@ -186,13 +203,31 @@ class DiTEngine:
         if self.on_restart is not None:
             self.on_restart()
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop taking work, let the thread exit, stop the workers (bounded by timeout)."""
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass
-        self.group.cancel()
+    def drain(self) -> int:
+        """Stop taking work: queued requests get ShuttingDown, the running one stops at its next step boundary
+        (and gets ShuttingDown too). Returns how many queued requests were answered."""
         self._closing.set()
+        answered = 0
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                try:
+                    job.on_error(ShuttingDown("the DiT model is shutting down; request not run"))
+                finally:
+                    self._forget(job)
+                answered += 1
+        self.group.cancel()
+        return answered
+
+    def close(self, timeout: float = 30.0) -> None:
+        """drain(), then let the thread exit and join the workers (all bounded by timeout)."""
+        self.drain()
+        try:
+            self._queue.put(None, timeout=1.0)
+        except queue.Full:  # a submit raced the drain; the thread sees _closing after its current job
+            pass
         self._thread.join(timeout)
         self.group.close(timeout)

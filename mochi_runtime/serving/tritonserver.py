@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -32,6 +35,8 @@ NGC_SERVER = Path("/opt/tritonserver")
 
 class ServerError(RuntimeError):
     pass
+
+log = logging.getLogger("mochi.tritonserver")
 
 
 @dataclass
@@ -121,6 +126,8 @@ def server_command(binary: Path, root: Path, backends: Path, cfg: ServerConfig) 
         f"--backend-config=python,shm-region-prefix-name={cfg.shm_prefix}",
         f"--log-verbose={cfg.log_verbose}",
         "--disable-auto-complete-config",
+        # Explicit control (every model loaded at start) lets the supervisor reload a model whose stub died.
+        "--model-control-mode=explicit", "--load-model=*",
     ]
     caches = root / "caches"
     if (caches / "local").is_dir() and cfg.cache_bytes > 0:
@@ -128,6 +135,19 @@ def server_command(binary: Path, root: Path, backends: Path, cfg: ServerConfig) 
     if not _has_gpu():
         cmd += ["--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0", "--allow-gpu-metrics=false"]
     return cmd + cfg.extra_args
+
+
+def processes_in_group(pgid: int) -> list[int]:
+    """Live (non-zombie) pids whose process group is `pgid`, from /proc."""
+    pids = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            pids.append(int(stat.split("/")[2]))
+    return pids
 
 
 def _has_gpu() -> bool:
@@ -166,7 +186,97 @@ class TritonServer:
         out = None if foreground else open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
                                      start_new_session=True)
+        self._stopping = threading.Event()
+        self.stub_reloads: list[tuple[str, int]] = []
+        self._watcher = threading.Thread(target=self._watch, name="tritonserver-watch", daemon=True)
+        self._watcher.start()
+        self._supervisor = threading.Thread(target=self._supervise_stubs, name="tritonserver-stubs", daemon=True)
+        self._supervisor.start()
         return self
+
+    def stub_pids(self) -> dict[str, set[int]]:
+        """Python-backend stub processes of this server, by model name."""
+        out: dict[str, set[int]] = {}
+        for pid in self.group_pids():
+            try:
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if not args or not args[0].endswith(b"triton_python_backend_stub"):
+                continue
+            model = next((Path(a.decode()).parent.parent.name for a in args if a.endswith(b"model.py")), None)
+            if model:
+                out.setdefault(model, set()).add(pid)
+        return out
+
+    def _supervise_stubs(self, poll_s: float = 1.0) -> None:
+        """A model whose stub died (SIGKILL, OOM killer) is unloaded and loaded again: Triton's python backend
+        would keep the instance marked ready while failing every request with "Stub process is not healthy"."""
+        known: dict[str, set[int]] = {}
+        while not self._stopping.wait(poll_s):
+            if self.proc is None or self.proc.poll() is not None:
+                return
+            if not self.ready() and not known:
+                continue
+            current = self.stub_pids()
+            for model, pids in current.items():
+                known.setdefault(model, set()).update(pids)
+            for model, pids in list(known.items()):
+                dead = {p for p in pids if not Path(f"/proc/{p}").exists() or p not in current.get(model, set())}
+                if not dead or self._stopping.is_set():
+                    continue
+                log.warning("model %s: stub process %s died; reloading the model", model, sorted(dead))
+                t0 = time.monotonic()
+                ok = self._repository_call(model, "unload") and self._repository_call(model, "load")
+                log.warning("model %s: reload %s after %.1f s", model, "done" if ok else "FAILED",
+                            time.monotonic() - t0)
+                self.stub_reloads.extend((model, p) for p in sorted(dead))
+                known[model] = self.stub_pids().get(model, set())
+
+    def drain(self, model: str = "mochi_dit") -> bool:
+        """Ask the DiT model to stop its work before SIGTERM: Triton waits for in-flight requests only up to its
+        exit timeout and then exits without unloading models; a drained model ends them at a step boundary so
+        shutdown is clean (every model's finalize runs, workers joined)."""
+        body = json.dumps({"inputs": [{"name": "DRAIN", "shape": [1], "datatype": "BYTES", "data": ["1"]}]})
+        url = f"http://{self.http_url}/v2/models/{model}/infer"
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=body.encode(), method="POST",
+                                                               headers={"Content-Type": "application/json"}),
+                                        timeout=10) as r:
+                return r.status == 200
+        except Exception as e:
+            log.info("drain of %s skipped: %s", model, e)
+            return False
+
+    def _repository_call(self, model: str, action: str) -> bool:
+        url = f"http://{self.http_url}/v2/repository/models/{model}/{action}"
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=900) as r:
+                return r.status == 200
+        except Exception as e:
+            log.error("model %s: %s failed: %s", model, action, e)
+            return False
+
+    def _watch(self) -> None:
+        """However the server ends (stop, crash, kill -9), take its stubs and workers and shm regions with it."""
+        assert self.proc is not None
+        self.proc.wait()
+        self.kill_group()
+        self.cleanup_shm()
+
+    def group_pids(self) -> list[int]:
+        """Live processes of the server's process group (the server, its stubs, their DiT workers)."""
+        if self.proc is None:
+            return []
+        return processes_in_group(self.proc.pid)
+
+    def kill_group(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def ready(self) -> bool:
         try:
@@ -192,17 +302,22 @@ class TritonServer:
             return "(no log)"
 
     def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM (every model's finalize runs), then SIGKILL the group; remove leaked shm regions."""
+        """SIGTERM to the server (it drains in-flight requests, every model's finalize runs), then SIGKILL
+        whatever is left of its process group; remove leaked shm regions."""
         rc = None
+        if self.proc is not None:
+            self._stopping.set()
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.drain()
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 rc = self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.kill_group()
                 rc = self.proc.wait(10)
         elif self.proc is not None:
             rc = self.proc.returncode
+        self.kill_group()
         self.cleanup_shm()
         return rc
 
@@ -220,6 +335,10 @@ class TritonServer:
         self.stop()
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mochi_runtime.serving.tritonserver", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -233,17 +352,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics-port", type=int, default=int(os.environ.get("MOCHI_METRICS_PORT", 8002)))
     ap.add_argument("--log-verbose", type=int, default=0)
     a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = ServerConfig(Path(a.model_repository), a.host, a.http_port, a.grpc_port, a.metrics_port, a.model_dir,
                        log_verbose=a.log_verbose)
     server = TritonServer(cfg)
     print(f"tritonserver: {server.binary}", flush=True)
     print(f"HTTP    http://{server.http_url}\ngRPC    {server.grpc_url}\nmetrics {server.metrics_url}", flush=True)
     server.start(foreground=True)
+    # A container runtime stops us with SIGTERM: drain the DiT, then let tritonserver shut down in order.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return server.proc.wait()
     except KeyboardInterrupt:
         return server.stop() or 0
     finally:
+        server.kill_group()
         server.cleanup_shm()
 
 

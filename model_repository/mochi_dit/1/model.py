@@ -58,6 +58,7 @@ class TritonPythonModel:
         p = A.model_params(args)
         self.limits, self.defaults = A.limits_from(p), A.defaults_from(p)
         self.stop_timeout = float(p.get("stop_timeout_s") or 30)
+        self.request_timeout = float(p.get("request_timeout_s") or 0)
         layout = Layout(2 if p.get("cfg_parallel", "").lower() in ("1", "true", "yes") else 1,
                         int(p.get("ulysses") or 1), int(p.get("ring") or 1))
         gpu_sets = [s for s in (p.get("gpus") or "").split(";") if s.strip()]
@@ -108,7 +109,12 @@ class TritonPythonModel:
             raise RuntimeError(f"DiT warm-up failed: {err[0]}")
 
     def _control(self, request, sender) -> bool:
-        """CANCEL and PROGRESS_OF requests; True when the request was one of them."""
+        """CANCEL, PROGRESS_OF and DRAIN requests; True when the request was one of them."""
+        if A.single(pb_utils, request, "DRAIN") is not None:  # sent by the supervisor before SIGTERM
+            answered = self.engine.drain()
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("STEP", np.array([answered, 0], np.int32))]),
+                        flags=FINAL)
+            return True
         cancel = _text(A.single(pb_utils, request, "CANCEL"))
         if cancel is not None:
             found = self.engine.cancel(cancel)
@@ -164,7 +170,18 @@ class TritonPythonModel:
             sender.send(A.error_response(pb_utils, exc), flags=FINAL)
 
         return Job(req, TextEmbedding(feats[1:], m[1:]), TextEmbedding(feats[:1], m[:1]), on_done,
-                   on_error, is_cancelled=sender.is_cancelled, generation_id=gen_id)
+                   on_error, is_cancelled=sender.is_cancelled, generation_id=gen_id,
+                   timeout_s=self._timeout_s(request))
+
+    def _timeout_s(self, request) -> float | None:
+        """The client's per-request timeout (Triton's `timeout`, microseconds), else the config default."""
+        try:
+            us = int(request.timeout())
+        except (AttributeError, TypeError, ValueError):
+            us = 0
+        if us > 0:
+            return us / 1e6
+        return self.request_timeout or None
 
     def execute(self, requests):
         for request in requests:

@@ -1,0 +1,86 @@
+"""Helpers for tests against a real tritonserver: starting one, its processes, its metrics, its shm."""
+from __future__ import annotations
+
+import glob
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from mochi_runtime.parallel.topology import free_port
+from mochi_runtime.serving.tritonserver import ServerConfig, TritonServer
+
+
+@contextmanager
+def running_server(work_dir: Path, **config) -> Iterator[TritonServer]:
+    ports = [free_port() for _ in range(3)]
+    srv = TritonServer(ServerConfig(http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
+                                    work_dir=work_dir, **config))
+    srv.start()
+    try:
+        srv.wait_ready(600)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _proc_table() -> list[tuple[int, int, bytes]]:
+    """(pid, ppid, cmdline) of every live process."""
+    out = []
+    for pid in (p for p in Path("/proc").iterdir() if p.name.isdigit()):
+        try:
+            fields = (pid / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (pid / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            out.append((int(pid.name), int(fields[1]), cmd))
+    return out
+
+
+def stub_pids(model: str = "mochi_dit") -> list[int]:
+    """PIDs of a model's python-backend stub processes."""
+    return [pid for pid, _, cmd in _proc_table()
+            if b"triton_python_backend_stub" in cmd and f"/{model}/".encode() in cmd]
+
+
+def dit_workers() -> list[int]:
+    """PIDs of the mochi_dit stub's spawned DiT worker processes."""
+    stubs = set(stub_pids())
+    return [pid for pid, ppid, cmd in _proc_table()
+            if ppid in stubs and b"multiprocessing" in cmd and b"resource_tracker" not in cmd]
+
+
+def metric(server: TritonServer, name: str, labels: str = "") -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {") and labels in line:
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    assert found, f"metric {name}{labels} not exported"
+    return total
+
+
+def shm_regions(server: TritonServer) -> list[str]:
+    return glob.glob(f"/dev/shm/{server.cfg.shm_prefix}*")
+
+
+def dit_inputs(grpcclient, feat_dim: int, frames: int = 7, height: int = 32, width: int = 32, steps: int = 1,
+               seed: int = 0) -> list:
+    """Inputs for a direct mochi_dit call (zero text embeddings)."""
+    arrays = (("TEXT_EMBEDS", np.zeros((2, 8, feat_dim), np.float32), "FP32"),
+              ("TEXT_MASK", np.ones((2, 8), np.bool_), "BOOL"),
+              ("NUM_FRAMES", np.array([frames], np.int32), "INT32"),
+              ("HEIGHT", np.array([height], np.int32), "INT32"),
+              ("WIDTH", np.array([width], np.int32), "INT32"),
+              ("STEPS", np.array([steps], np.int32), "INT32"),
+              ("SEED", np.array([seed], np.int64), "INT64"))
+    inputs = []
+    for name, arr, dt in arrays:
+        t = grpcclient.InferInput(name, list(arr.shape), dt)
+        t.set_data_from_numpy(arr)
+        inputs.append(t)
+    return inputs
