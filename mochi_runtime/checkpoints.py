@@ -73,11 +73,21 @@ class TensorSource:
     def __contains__(self, key: str) -> bool:
         return key in self._where
 
-    def get(self, key: str) -> torch.Tensor:
+    def _handle(self, key: str):
         f = self._where[key]
         if f not in self._handles:
             self._handles[f] = safe_open(str(f), framework="pt")
-        return self._handles[f].get_tensor(key)  # type: ignore[attr-defined]
+        return self._handles[f]
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._handle(key).get_tensor(key)  # type: ignore[attr-defined]
+
+    def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of dim 0, read without materialising the rest of the tensor."""
+        return self._handle(key).get_slice(key)[start:stop]  # type: ignore[attr-defined]
+
+    def num_rows(self, key: str) -> int:
+        return int(self._handle(key).get_slice(key).get_shape()[0])  # type: ignore[attr-defined]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,6 +237,32 @@ def read_tensor(source: TensorSource, rule: KeyRule, cast: Callable[[torch.Tenso
     if rule.kind == "swap2":
         return _swap_halves(cast(source.get(rule.theirs[0])))
     return cast(source.get(rule.theirs[0]))
+
+
+def read_rows(source: TensorSource, rule: KeyRule, start: int, stop: int,
+              cast: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Rows [start, stop) of one parameter in our layout, reading only those rows from the source.
+
+    Our tensor is a run of source row ranges (a fused QKV is three diffusers tensors end to end; a swapped
+    modulation is the second half of one tensor, then its first half); the requested rows are cut from them.
+    """
+    if rule.kind == "split3":
+        segments = [(k, 0, source.num_rows(k)) for k in rule.theirs]
+    elif rule.kind == "swap2":
+        n = source.num_rows(rule.theirs[0])
+        first = (n + 1) // 2  # torch.chunk(2): the first half takes the odd row
+        segments = [(rule.theirs[0], first, n), (rule.theirs[0], 0, first)]
+    else:
+        segments = [(rule.theirs[0], 0, source.num_rows(rule.theirs[0]))]
+    parts, offset = [], 0
+    for key, lo, hi in segments:
+        a, b = max(start, offset), min(stop, offset + hi - lo)
+        if a < b:
+            parts.append(cast(source.rows(key, lo + a - offset, lo + b - offset)))
+        offset += hi - lo
+    if not parts:  # an empty shard (more ranks than rows)
+        return cast(source.rows(segments[0][0], 0, 0))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
 def read_state(

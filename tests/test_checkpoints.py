@@ -81,3 +81,26 @@ def test_embedded_default_is_written_once_and_reused():
     assert (first / "dit.safetensors").stat().st_mtime_ns == mtime
     pipe = MochiPipeline.from_dir(None, device="cpu")
     assert pipe.text_encoder.feature_dim == 64
+
+
+@pytest.mark.parametrize("layout", ["official", "diffusers"])
+def test_row_reads_equal_slices_of_whole_tensors(layout, official_dir, diffusers_dir):
+    """Sharded loading reads only a rank's rows; through every key-map rule they equal the whole tensor's rows."""
+    from mochi_runtime.checkpoints import caster, iter_expected, plan_reads, read_rows, read_tensor
+    from mochi_runtime.dit import AsymmDiT
+    from mochi_runtime.parallel.sharded import shard_rows
+
+    md = ModelDir.open(official_dir if layout == "official" else diffusers_dir)
+    with torch.device("meta"):
+        dit = AsymmDiT(md.dit_config())
+    source, rules = md.dit_source()
+    cast = caster("cpu", torch.float32)
+    kinds = set()
+    for rule in plan_reads(source, rules, list(iter_expected(dit))):
+        whole = read_tensor(source, rule, cast)
+        kinds.add(rule.kind)
+        for world in (2, 3, 4):
+            for rank in range(world):
+                start, stop = shard_rows(whole.shape[0], rank, world)
+                assert torch.equal(read_rows(source, rule, start, stop, cast), whole[start:stop]), (rule, rank)
+    assert kinds == ({"same"} if layout == "official" else {"same", "split3", "swap2"})

@@ -18,8 +18,17 @@ CASES = [(Layout(1, 2, 1), "world"), (Layout(1, 4, 1), "world"), (Layout(1, 2, 2
 
 @pytest.mark.parametrize("layout,over", CASES, ids=lambda v: v.describe().split(" (")[0] if hasattr(v, "cfg") else v)
 def test_sharded_forward_equals_replicated(layout, over, official_dir):
+    _check_sharded(layout, over, official_dir)
+
+
+def test_sharded_load_from_a_diffusers_checkpoint(diffusers_dir):
+    """Rank rows cut through diffusers' split Q/K/V and swapped modulation halves."""
+    _check_sharded(Layout(1, 1, 3), "world", diffusers_dir)  # 3 ranks: uneven rows everywhere
+
+
+def _check_sharded(layout, over, model_dir):
     q = mp.get_context("spawn").Queue()
-    mp.start_processes(sharded_check, args=(layout.world, layout, over, free_port(), str(official_dir), q),
+    mp.start_processes(sharded_check, args=(layout.world, layout, over, free_port(), str(model_dir), q),
                        nprocs=layout.world, start_method="spawn")
     results = [q.get(timeout=60) for _ in range(layout.world)]
     shards = layout.world if over == "world" else layout.sp

@@ -8,8 +8,8 @@ why the sequence-parallel forward goes through `AsymmDiT.__call__`.
 
 Loading never materialises the model on any rank: the module is built on the
 meta device, sharded, allocated shard-sized on its device, and every parameter
-is read from the checkpoint one tensor at a time, cut to this rank's rows and
-copied into its shard.
+reads only this rank's rows from the safetensors file (through the layout's key
+map: a diffusers checkpoint's split Q/K/V are cut where they meet) into its shard.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from ..checkpoints import ModelDir, caster, iter_expected, leftover_report, plan_reads, read_tensor
+from ..checkpoints import ModelDir, caster, iter_expected, leftover_report, plan_reads, read_rows
 from ..dit import AsymmDiT
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,16 @@ log = logging.getLogger(__name__)
 WEIGHT_MODES = ("replicated", "sharded")
 
 
+def shard_rows(rows: int, rank: int, world: int) -> tuple[int, int]:
+    """FSDP2's dim-0 split (torch.chunk's pieces): this rank's [start, stop); ranks past the last piece hold none."""
+    size = -(-rows // world)
+    start = min(rows, rank * size)
+    return start, min(rows, start + size)
+
+
 def _rows_for(full: torch.Tensor, rank: int, world: int) -> torch.Tensor:
-    """FSDP2's dim-0 split: torch.chunk's pieces; ranks past the last piece hold no rows."""
-    chunks = torch.chunk(full, world, dim=0)
-    return chunks[rank] if rank < len(chunks) else full[:0]
+    start, stop = shard_rows(full.shape[0], rank, world)
+    return full[start:stop]
 
 
 def rows_for_param(param: DTensor, full: torch.Tensor) -> torch.Tensor:
@@ -70,7 +76,7 @@ def load_sharded_dit(md: ModelDir, group: dist.ProcessGroup, device: torch.devic
     for rule in plan:
         param = params[rule.ours]
         local = param.to_local() if isinstance(param, DTensor) else param
-        rows = _rows_for(read_tensor(source, rule, cast), rank, world)
+        rows = read_rows(source, rule, *shard_rows(param.shape[0], rank, world), cast)
         assert rows.shape == local.shape, f"{rule.ours}: shard {tuple(local.shape)} vs rows {tuple(rows.shape)}"
         local.copy_(rows)
     leftover_report(source, plan, (), what)
