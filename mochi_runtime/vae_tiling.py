@@ -164,9 +164,13 @@ def streaming(vae: VAEDecoder) -> Iterator[None]:
 
 
 def _growth(block: torch.nn.Module) -> float:
-    """Output elements per input element of one decoder level (the depth-to-space projections grow)."""
+    """Output elements per input element of one decoder level: the first level widens 12 latent channels to
+    768, the depth-to-space projections grow time and space."""
     if isinstance(block, UpsampleBlock):
         return block.proj.out_features / block.proj.in_features
+    first = next(iter(block.children()), None)
+    if isinstance(first, torch.nn.Conv3d) and not isinstance(first, CausalConv3d):
+        return first.out_channels / first.in_channels
     return 1.0
 
 
