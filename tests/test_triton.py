@@ -173,6 +173,7 @@ def test_wrong_dtype_shape_and_unknown_input_are_rejected_and_server_stays_healt
 def test_metrics_move_and_repeated_prompt_hits_t5_cache(server, grpc):
     steps0 = metric(server, "mochi_denoise_steps_total")
     dit0 = metric(server, "mochi_denoise_latency_seconds_count")
+    waits0 = metric(server, "mochi_dit_queue_wait_seconds_count")
     hits0 = metric(server, "nv_cache_num_hits_per_model", 'model="t5_encoder"')
     prompt = f"a cached prompt {time.time()}"
     grpc.generate(prompt, seed=1, **SMALL)
@@ -183,6 +184,8 @@ def test_metrics_move_and_repeated_prompt_hits_t5_cache(server, grpc):
     assert metric(server, "mochi_vae_latency_seconds_count") >= 2
     assert metric(server, "nv_cache_num_hits_per_model", 'model="t5_encoder"') >= hits0 + 1
     assert metric(server, "mochi_active_generations") == 0
+    assert metric(server, "mochi_dit_queue_wait_seconds_count") == waits0 + 2  # the autoscaling signal
+    assert metric(server, "mochi_dit_queued_generations") == 0
 
 
 def test_perf_analyzer_csv(server, tmp_path):

@@ -28,10 +28,27 @@ KNOBS = {
 }
 
 
-def model_params(args: dict) -> dict[str, str]:
-    """config.pbtxt `parameters` as {key: string_value}."""
+def param_env_name(model: str, key: str) -> str:
+    """The environment variable that overrides one config parameter: MOCHI_<MODEL>_<KEY>, upper case."""
+    return f"MOCHI_{model}_{key}".upper()
+
+
+def model_params(args: dict, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """config.pbtxt `parameters` as {key: string_value}; MOCHI_<MODEL>_<KEY> in the environment overrides a key.
+
+    One image serves every deployment shape: compose files and Kubernetes manifests set GPU sets, layouts and
+    budgets through the environment instead of editing the model repository. Only keys the config declares
+    can be overridden.
+    """
+    env = os.environ if environ is None else environ
     cfg = json.loads(args["model_config"])
-    return {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
+    params = {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
+    model = cfg.get("name", "")
+    for key in params:
+        value = env.get(param_env_name(model, key))
+        if value is not None:
+            params[key] = value
+    return params
 
 
 def model_dir(params: dict[str, str]) -> str | None:

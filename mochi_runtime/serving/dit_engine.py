@@ -46,10 +46,14 @@ class Job:
 class DiTEngine:
     def __init__(self, spec: GroupSpec, max_queue: int = 8,
                  on_restart: Callable[[], None] | None = None,
-                 on_steps: Callable[[int], None] | None = None) -> None:
+                 on_steps: Callable[[int], None] | None = None,
+                 on_queue: Callable[[int, float | None], None] | None = None) -> None:
+        """on_queue(depth, waited_s) after every enqueue (waited_s None) and dequeue (how long the job waited):
+        the queue-time signal an autoscaler needs."""
         self.spec = spec
         self.on_restart = on_restart
         self.on_steps = on_steps
+        self.on_queue = on_queue
         self.group = WorkerGroup(spec)
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._jobs: dict[str, Job] = {}
@@ -76,6 +80,8 @@ class DiTEngine:
         except queue.Full:
             self._forget(job)
             raise QueueFull(f"DiT queue is full ({self._queue.maxsize} waiting); retry later") from None
+        if self.on_queue is not None:
+            self.on_queue(self._queue.qsize(), None)
 
     def cancel(self, generation_id: str) -> bool:
         with self._lock:
@@ -132,6 +138,8 @@ class DiTEngine:
     def _run(self) -> None:
         while True:
             job = self._queue.get()
+            if job is not None and self.on_queue is not None:
+                self.on_queue(self._queue.qsize(), time.monotonic() - job.submitted)
             if job is None or self._closing.is_set():
                 if job is not None:
                     job.on_error(ShuttingDown("the DiT model is shutting down; request not run"))

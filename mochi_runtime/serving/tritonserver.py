@@ -38,6 +38,8 @@ class ServerError(RuntimeError):
 
 log = logging.getLogger("mochi.tritonserver")
 
+READY_PATH = "/v2/health/ready"  # what health checks (compose, Kubernetes, our own waits) ask
+
 
 @dataclass
 class ServerConfig:
@@ -280,7 +282,7 @@ class TritonServer:
 
     def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+            with urllib.request.urlopen(f"http://{self.http_url}{READY_PATH}", timeout=2) as r:
                 return r.status == 200
         except Exception:
             return False
@@ -339,7 +341,7 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m mochi_runtime.serving.tritonserver", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-repository", default=str(REPO_ROOT / "model_repository"))
@@ -351,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grpc-port", type=int, default=int(os.environ.get("MOCHI_GRPC_PORT", 8001)))
     ap.add_argument("--metrics-port", type=int, default=int(os.environ.get("MOCHI_METRICS_PORT", 8002)))
     ap.add_argument("--log-verbose", type=int, default=0)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = ServerConfig(Path(a.model_repository), a.host, a.http_port, a.grpc_port, a.metrics_port, a.model_dir,

@@ -84,6 +84,10 @@ class TritonPythonModel:
             + ("restarts",),
             A.counter(pb_utils, "mochi_generations_cancelled_total", "Generations stopped by cancellation")
             + ("cancelled",),
+            A.gauge(pb_utils, "mochi_dit_queued_generations", "Generations waiting for the DiT group")
+            + ("queued",),
+            A.histogram(pb_utils, "mochi_dit_queue_wait_seconds", "Time a generation waited for the DiT group",
+                        A.LATENCY_BUCKETS) + ("queue_wait",),
         ):
             self._fams.append(fam)
             setattr(self, f"m_{name}", m)
@@ -93,8 +97,14 @@ class TritonPythonModel:
             max_queue=int(p.get("max_queue") or 8),
             on_restart=lambda: self.m_restarts.increment(1),
             on_steps=self.m_steps.increment,
+            on_queue=self._on_queue,
         )
         self._warm_up()
+
+    def _on_queue(self, depth: int, waited_s: float | None) -> None:
+        self.m_queued.set(depth)
+        if waited_s is not None:
+            self.m_queue_wait.observe(waited_s)
 
     def _warm_up(self):
         """One 1-step generation at the smallest size, so the first user request pays no start-up cost."""
