@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import queue
 import statistics
 import sys
 import time
@@ -70,3 +71,25 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for r in rows:
         print("  ".join(f"{r.get(c, '')}".ljust(w) for c, w in zip(columns, widths)))
+
+
+def run_ranks(fn: Callable, nprocs: int, args: tuple, what: str):
+    """Spawn fn(rank, *args, out_q) on nprocs processes and return the one result rank 0 puts on out_q.
+
+    The result is read before joining (a child cannot exit while its queued result is unread), and join()
+    is polled meanwhile so a crashed rank raises instead of leaving us waiting.
+    """
+    import torch.multiprocessing as mp
+
+    q = mp.get_context("spawn").Queue()
+    procs = mp.start_processes(fn, args=(*args, q), nprocs=nprocs, start_method="spawn", join=False)
+    while True:
+        try:
+            result = q.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if procs.join(timeout=0):
+                raise RuntimeError(f"{what}: ranks exited without a result")
+    while not procs.join():
+        pass
+    return result

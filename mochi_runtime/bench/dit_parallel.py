@@ -4,18 +4,16 @@ against the 1-GPU run of the same weights and inputs in the same invocation.
 """
 from __future__ import annotations
 
-import queue
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from ..parallel.topology import Layout, ParallelGroups, free_port, join_loopback_group
 from ..parallel.sharded import local_parameter_count
 from ..parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
 from ..text_encoder import TextEmbedding
-from .common import time_cuda
+from .common import run_ranks, time_cuda
 from .dit import build_dit, cfg_inputs
 
 
@@ -76,20 +74,7 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
 def run_layout(layout: Layout, opts: dict) -> dict:
     if torch.cuda.is_available() and torch.cuda.device_count() < layout.world:
         raise SystemExit(f"{layout.describe()} needs {layout.world} GPUs, {torch.cuda.device_count()} visible")
-    q = mp.get_context("spawn").Queue()
-    procs = mp.start_processes(_rank_main, args=(layout, free_port(), opts, q), nprocs=layout.world,
-                               start_method="spawn", join=False)
-    # Read before joining: a child cannot exit while its queued result is still unread;
-    # poll join() meanwhile so a crashed rank raises instead of leaving us waiting.
-    while True:
-        try:
-            r = q.get(timeout=1.0)
-            break
-        except queue.Empty:
-            if procs.join(timeout=0):
-                raise RuntimeError(f"{layout.describe()}: ranks exited without a result")
-    while not procs.join():
-        pass
+    r = run_ranks(_rank_main, layout.world, (layout, free_port(), opts), layout.describe())
     if "v" in r:
         r["v"] = torch.from_numpy(r["v"])  # sent as numpy: a torch tensor would need the exited sender
     return r

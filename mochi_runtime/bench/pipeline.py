@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import argparse
 import gc
-import queue
 import time
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from ..config import get_preset
 from ..parallel.topology import ParallelGroups, free_port, join_loopback_group
 from ..sampler import euler_sample, initial_noise, linear_quadratic_schedule
 from ..text_encoder import TextEmbedding
 from ..tiny import init_random_
-from .common import print_table, write_record
+from .common import print_table, run_ranks, write_record
 from .dit import build_dit
 from .dit_parallel import parse_layout
 
@@ -112,20 +110,7 @@ def _rank_main(rank: int, opts: dict, port: int, out_q) -> None:
 
 
 def run(opts: dict) -> list[dict]:
-    world = parse_layout(opts["layout"]).world
-    q = mp.get_context("spawn").Queue()
-    procs = mp.start_processes(_rank_main, args=(opts, free_port(), q), nprocs=world, start_method="spawn",
-                               join=False)
-    while True:  # read before joining (see dit_parallel.run_layout)
-        try:
-            r = q.get(timeout=1.0)
-            break
-        except queue.Empty:
-            if procs.join(timeout=0):
-                raise RuntimeError(f"{opts['layout']}: ranks exited without a result")
-    while not procs.join():
-        pass
-    return r
+    return run_ranks(_rank_main, parse_layout(opts["layout"]).world, (opts, free_port()), opts["layout"])
 
 
 def main(argv: list[str] | None = None) -> int:

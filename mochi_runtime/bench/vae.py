@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import queue
 import time
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from ..checkpoints import to_diffusers, vae_key_map
 from ..config import get_preset
@@ -23,7 +21,7 @@ from ..parallel.topology import free_port, join_loopback_group
 from ..tiny import init_random_
 from ..vae import VAEDecoder
 from ..vae_tiling import TilePlan, decode_tiled, estimate_bytes, grid_plan
-from .common import peak_gib, print_table, write_record
+from .common import peak_gib, print_table, run_ranks, write_record
 
 
 def build_vae(preset: str, device, dtype, seed: int = 0) -> VAEDecoder:
@@ -103,19 +101,7 @@ def _rank_main(rank: int, world: int, port: int, opts: dict, out_q) -> None:
 
 
 def run_spread(world: int, opts: dict) -> dict:
-    q = mp.get_context("spawn").Queue()
-    procs = mp.start_processes(_rank_main, args=(world, free_port(), opts, q), nprocs=world,
-                               start_method="spawn", join=False)
-    while True:  # read before joining (see dit_parallel.run_layout)
-        try:
-            r = q.get(timeout=1.0)
-            break
-        except queue.Empty:
-            if procs.join(timeout=0):
-                raise RuntimeError(f"spread decode over {world} GPUs: ranks exited without a result")
-    while not procs.join():
-        pass
-    return r
+    return run_ranks(_rank_main, world, (world, free_port(), opts), f"spread decode over {world} GPUs")
 
 
 def main(argv: list[str] | None = None) -> int:
