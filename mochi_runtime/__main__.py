@@ -39,6 +39,15 @@ def cmd_generate(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     denoiser = None
     layout = Layout(2 if a.cfg_parallel else 1, a.ulysses, a.ring)
+    from .vae_tiling import TilePlan
+
+    weights, offload_t5, tile_plan = a.weights, a.offload_t5, TilePlan()
+    if a.gpu_memory_budget_gib:
+        plan = plan_for_budget_from_args(a, layout, request)
+        weights, offload_t5, tile_plan = plan.weights, a.offload_t5 or plan.offload_t5, plan.vae_plan
+        print(f"memory plan for {a.gpu_memory_budget_gib:g} GiB per GPU: DiT {weights}, T5 "
+              f"{'offloaded' if offload_t5 else 'resident'}, VAE tiles {tile_plan.tile_h or '-'}x"
+              f"{tile_plan.tile_w or '-'} (peak ~{plan.peak_bytes / 2**30:.2f} GiB)", file=sys.stderr)
     if a.parallel_vae and layout.world == 1:
         raise ValueError("--parallel-vae spreads the decode over the DiT group: it needs --ulysses/--ring/--cfg-parallel")
     if layout.world > 1 or a.gpus:
@@ -49,10 +58,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
         if gpus and gpus != layout.world:
             raise LayoutError(f"--gpus {gpus} must equal cfg x ulysses x ring = {layout.world}")
         denoiser = WorkerGroup(GroupSpec(layout, a.model_dir, tuple(range(gpus)) if gpus else None, a.dtype,
-                                         a.attention, weights=a.weights))
+                                         a.attention, weights=weights))
     pipe = MochiPipeline.from_dir(a.model_dir, device=a.device, dtype=a.dtype, attention=a.attention, limits=limits,
                                   denoiser=denoiser, parallel_decode=a.parallel_vae,
-                                  offload_text_encoder=a.offload_t5)
+                                  offload_text_encoder=offload_t5, tile_plan=tile_plan)
     load_s = time.perf_counter() - t0
     bar = tqdm(total=request.steps, desc="denoise", unit="step", disable=a.quiet)
 
@@ -74,6 +83,25 @@ def cmd_generate(a: argparse.Namespace) -> int:
           f"{request.width}x{request.height})", file=sys.stderr)
     print(out.resolve())
     return 0
+
+
+def plan_for_budget_from_args(a: argparse.Namespace, layout, request):
+    """Weights mode, T5 offload and VAE tiles for --gpu-memory-budget-gib (RequestError when nothing fits)."""
+    import torch
+
+    from .memory import DiTMemoryModel, plan_pipeline
+    from .pipeline import open_model_dir, resolve_device, resolve_dtype
+    from .vae import VAEDecoder
+
+    md = open_model_dir(a.model_dir)
+    gpu = bool(a.gpus) or resolve_device(a.device).type == "cuda"
+    dtype = resolve_dtype(a.dtype, torch.device("cuda" if gpu else "cpu"))
+    with torch.device("meta"):
+        vae = VAEDecoder(md.vae_config()).to(dtype)
+    t5_bytes = sum(f.stat().st_size for f in md.t5_paths()[0].glob("*.safetensors"))
+    dit = DiTMemoryModel(md.dit_config(), layout.cfg, layout.ulysses, layout.ring, "replicated", layout.world,
+                         torch.finfo(dtype).bits // 8, gpu)
+    return plan_pipeline(int(a.gpu_memory_budget_gib * 2**30), dit, request, t5_bytes, vae)
 
 
 def cmd_write_tiny(a: argparse.Namespace) -> int:
@@ -103,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="GPUs for the DiT group (= cfg x ulysses x ring); without GPUs, CPU processes with gloo")
     g.add_argument("--weights", default="replicated", choices=["replicated", "sharded"],
                    help="DiT weights per rank: a full copy, or a 1/N FSDP2 shard gathered block by block")
+    g.add_argument("--gpu-memory-budget-gib", type=float, default=None,
+                   help="per-GPU budget: picks DiT weights (replicated/sharded), T5 offload and VAE tiles to fit, "
+                        "or refuses the request before loading anything")
     g.add_argument("--offload-t5", action="store_true",
                    help="keep T5's weights in host memory between encodes (frees ~9.5 GB of GPU memory)")
     g.add_argument("--parallel-vae", action="store_true",

@@ -98,3 +98,52 @@ def choose_weights(model: DiTMemoryModel, largest: GenerationRequest, budget_byt
         return "replicated"
     replicated = DiTMemoryModel(**{**model.__dict__, "weights": "replicated"})
     return "replicated" if replicated.total_bytes(largest) <= budget_bytes else "sharded"
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    """How one generation fits a per-GPU budget with T5 and the VAE on the first GPU beside DiT rank 0."""
+
+    weights: str
+    offload_t5: bool
+    vae_plan: object  # vae_tiling.TilePlan
+    peak_bytes: int  # estimated, the largest of the three phases
+
+
+def plan_pipeline(budget_bytes: int, dit: DiTMemoryModel, request: GenerationRequest, t5_bytes: int,
+                  vae, t5_activation_bytes: int = 256 * 2**20) -> PipelinePlan:
+    """The fastest arrangement that fits, in order of preference: replicated DiT weights with T5 resident,
+    replicated with T5 offloaded after encoding, sharded with T5 resident, sharded with T5 offloaded; the VAE
+    tiles sized from what the chosen arrangement leaves. RequestError naming the budget when none fits.
+
+    Phases on the first GPU: encode (T5 + its activations), denoise (DiT + activations), decode (VAE tiles);
+    resident weights count in every phase.
+    """
+    from .vae_tiling import estimate_bytes, plan_for_budget
+
+    vae_weights = sum(p.numel() * p.element_size() for p in vae.parameters())
+    latent_shape = request.latent_shape
+    tried = []
+    for weights in ("replicated", "sharded"):
+        model = DiTMemoryModel(**{**dit.__dict__, "weights": weights})
+        for offload in (False, True):
+            resident = model.weight_bytes() + vae_weights + (0 if offload else t5_bytes)
+            encode = resident + (t5_bytes if offload else 0) + t5_activation_bytes
+            denoise = resident + model.gather_bytes() + model.activation_bytes(request)
+            try:
+                vae_plan = plan_for_budget(vae, latent_shape, budget_bytes - resident)
+            except ValueError:
+                tried.append((weights, offload, max(encode, denoise)))
+                continue
+            decode = resident + estimate_bytes(vae, latent_shape, vae_plan)
+            peak = max(encode, denoise, decode)
+            tried.append((weights, offload, peak))
+            if peak <= budget_bytes:
+                return PipelinePlan(weights, offload, vae_plan, peak)
+    best = min(t[2] for t in tried)
+    raise RequestError(
+        "num_frames",
+        f"{request.num_frames} frames at {request.width}x{request.height} needs at least {best / 2**30:.2f} GiB on "
+        f"the first GPU (DiT sharded, T5 offloaded, VAE in tiles), over the memory budget of "
+        f"{budget_bytes / 2**30:.2f} GiB per GPU; ask for fewer frames or pixels, or use more GPUs",
+    )

@@ -144,6 +144,7 @@ class MochiPipeline:
         t5_dir: str | Path | None = None,
         parallel_decode: bool = False,
         offload_text_encoder: bool = False,
+        tile_plan: TilePlan = TilePlan(),
     ) -> "MochiPipeline":
         """Load T5 and the VAE here; the DiT too unless a `denoiser` (e.g. a parallel group) is given."""
         md = open_model_dir(model_dir)
@@ -155,7 +156,7 @@ class MochiPipeline:
             check_text_width(te, dit.cfg.t5_feat_dim)
             denoiser = LocalDenoiser(dit)
         vae = load_vae(md, dev, dt)
-        return cls(te, denoiser, vae, limits, parallel_decode=parallel_decode)
+        return cls(te, denoiser, vae, limits, tile_plan=tile_plan, parallel_decode=parallel_decode)
 
     @property
     def device(self) -> torch.device:

@@ -63,3 +63,22 @@ def test_offloaded_text_encoder_gives_the_same_embeddings(official_dir):
     a, b = plain.encode(["a red fox", ""]), offloaded.encode(["a red fox", ""])
     assert offloaded.offload and next(offloaded.model.parameters()).device.type == "cpu"
     assert bool((a.features == b.features).all()) and bool((a.mask == b.mask).all())
+
+
+def test_cli_memory_budget_refuses_what_cannot_fit_and_plans_what_can(tmp_path):
+    refused = subprocess.run(
+        [sys.executable, "-m", "mochi_runtime", "generate", "--prompt", "x", "--frames", "163", "--height", "480",
+         "--width", "848", "--gpu-memory-budget-gib", "0.05", "--out", str(tmp_path / "no.mp4")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert refused.returncode == 2 and "memory budget" in refused.stderr and "num_frames" in refused.stderr
+    assert not (tmp_path / "no.mp4").exists()
+    out = tmp_path / "ok.mp4"
+    ok = subprocess.run(
+        [sys.executable, "-m", "mochi_runtime", "generate", "--prompt", "x", "--frames", "7", "--height", "64",
+         "--width", "96", "--steps", "2", "--gpu-memory-budget-gib", "2", "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "memory plan for 2 GiB per GPU: DiT replicated, T5 resident" in ok.stderr
+    assert probe_mp4(out)[:3] == (7, 64, 96)

@@ -87,3 +87,26 @@ def test_triton_refuses_a_request_that_cannot_fit_and_serves_one_that_can(tmp_pa
         out = call(7, 32, 32).as_numpy("LATENTS")
         assert out.shape == (1, 12, 2, 4, 4) and np.isfinite(out).all()
         assert client.is_server_live() and client.is_model_ready("mochi_dit")
+
+
+def test_pipeline_plan_prefers_speed_and_falls_back_to_shards_then_offload():
+    import torch
+
+    from mochi_runtime.memory import plan_pipeline
+    from mochi_runtime.vae import VAEDecoder
+
+    with torch.device("meta"):
+        vae = VAEDecoder(get_preset("mochi-1-preview").vae).to(torch.bfloat16)
+    t5 = int(4.76e9) * 2  # T5-XXL encoder in bf16
+    four = DiTMemoryModel(FULL, 2, 2, 1, "replicated", 4)
+    roomy = plan_pipeline(80 * GIB, four, _req(163), t5, vae)
+    assert (roomy.weights, roomy.offload_t5, roomy.vae_plan.tile_h) == ("replicated", False, 0)
+    tight = plan_pipeline(24 * GIB, four, _req(49), t5, vae)  # the 4 x 24 GB target
+    assert tight.weights == "sharded" and tight.peak_bytes <= 24 * GIB
+    tighter = plan_pipeline(16 * GIB, four, _req(163), t5, vae)
+    assert tighter.weights == "sharded" and tighter.offload_t5 and tighter.peak_bytes <= 16 * GIB
+    # T5 loaded for encoding is the first GPU's largest phase at full size: 9 GiB cannot hold it.
+    with pytest.raises(RequestError, match="memory budget"):
+        plan_pipeline(9 * GIB, four, _req(49), t5, vae)
+    with pytest.raises(RequestError, match="memory budget"):
+        plan_pipeline(24 * GIB, DiTMemoryModel(FULL), _req(49), t5, vae)  # one 24 GB GPU: the DiT alone is 18.7
