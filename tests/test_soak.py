@@ -18,7 +18,8 @@ SEEDS = range(5)
 PROMPTS = ["a red fox", "'; DROP TABLE videos; --", "$(touch /tmp/mochi-pwned)", "../../../../etc/passwd",
            "{{7*7}} __import__('os').system('true')"]
 # Measured on this project's 2-core CPU machine (2026-11-27): server + 5 stubs + 2 DiT workers at 1780 MiB after
-# warm-up grew by 14.8 MiB over the next 250 requests. 96 MiB (~0.4 MiB a request) flags a real leak.
+# warm-up grew by 14.8 MiB over the next 250 requests; a 900-request run moved between 2022 and 2063 MiB with no
+# trend (allocator noise, not a leak). 96 MiB (~0.4 MiB a request here) flags a real leak.
 RSS_GROWTH_BOUND_MIB = 96
 
 
