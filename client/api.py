@@ -16,6 +16,16 @@ class Cancelled(Exception):
     pass
 
 
+def infer_inputs(mod, values: list[tuple[str, np.ndarray, str]]) -> list:
+    """(name, array, Triton datatype) triples -> tritonclient InferInputs of `mod` (tritonclient.grpc or .http)."""
+    inputs = []
+    for name, arr, dtype in values:
+        inp = mod.InferInput(name, list(arr.shape), dtype)
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    return inputs
+
+
 @dataclass
 class GenerationResult:
     video: np.ndarray  # uint8 [F, H, W, 3]
@@ -64,7 +74,6 @@ class MochiClient:
             return False
 
     def _inputs(self, prompt: str, negative_prompt: str | None, **knobs) -> list:
-        mod = self._mod
         values: list[tuple[str, np.ndarray, str]] = [
             ("PROMPT", np.array([prompt.encode("utf-8") if isinstance(prompt, str) else prompt], dtype=np.object_),
              "BYTES")]
@@ -77,12 +86,7 @@ class MochiClient:
                 continue
             name = names[key]
             values.append((name, np.array([value], dtype=NP_TYPES[KNOB_TYPES[name]]), KNOB_TYPES[name]))
-        inputs = []
-        for name, arr, dtype in values:
-            inp = mod.InferInput(name, list(arr.shape), dtype)
-            inp.set_data_from_numpy(arr)
-            inputs.append(inp)
-        return inputs
+        return infer_inputs(self._mod, values)
 
     def generate(self, prompt: str, negative_prompt: str | None = None, *, frames: int | None = None,
                  height: int | None = None, width: int | None = None, steps: int | None = None,

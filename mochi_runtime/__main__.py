@@ -32,6 +32,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from .parallel import GroupSpec, Layout, LayoutError, WorkerGroup
     from .pipeline import MochiPipeline
     from .validation import Limits, validate
+    from .vae_tiling import TilePlan
     from .video import encode_mp4
 
     limits = Limits(max_frames=10_000, max_pixels=4096 * 4096, max_steps=1000)
@@ -39,8 +40,6 @@ def cmd_generate(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     denoiser = None
     layout = Layout(2 if a.cfg_parallel else 1, a.ulysses, a.ring)
-    from .vae_tiling import TilePlan
-
     weights, offload_t5, tile_plan = a.weights, a.offload_t5, TilePlan()
     if a.gpu_memory_budget_gib:
         plan = plan_for_budget_from_args(a, layout, request)

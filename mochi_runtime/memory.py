@@ -16,7 +16,8 @@ Ulysses ranks hold all-to-all buffers besides (factor 1.4). Sharded weights keep
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import torch
 
@@ -30,8 +31,10 @@ GPU_FIXED_BYTES = 512 * 2**20  # kernels' workspaces, allocator slack
 GATHERED_BLOCKS = 3
 
 
+@lru_cache(maxsize=8)
 def _param_counts(cfg: DiTConfig) -> tuple[int, int]:
-    """(all parameters, parameters of the largest block), counted on the meta device."""
+    """(all parameters, parameters of the largest block), counted on the meta device once per config
+    (requests are checked against it one by one)."""
     with torch.device("meta"):
         dit = AsymmDiT(cfg)
     block = max(sum(p.numel() for p in b.parameters()) for b in dit.blocks)
@@ -96,7 +99,7 @@ def choose_weights(model: DiTMemoryModel, largest: GenerationRequest, budget_byt
     """'replicated' when the largest allowed request fits the budget with full copies, else 'sharded'."""
     if budget_bytes <= 0:
         return "replicated"
-    replicated = DiTMemoryModel(**{**model.__dict__, "weights": "replicated"})
+    replicated = replace(model, weights="replicated")
     return "replicated" if replicated.total_bytes(largest) <= budget_bytes else "sharded"
 
 
@@ -125,7 +128,7 @@ def plan_pipeline(budget_bytes: int, dit: DiTMemoryModel, request: GenerationReq
     latent_shape = request.latent_shape
     tried = []
     for weights in ("replicated", "sharded"):
-        model = DiTMemoryModel(**{**dit.__dict__, "weights": weights})
+        model = replace(dit, weights=weights)
         for offload in (False, True):
             resident = model.weight_bytes() + vae_weights + (0 if offload else t5_bytes)
             encode = resident + (t5_bytes if offload else 0) + t5_activation_bytes

@@ -98,8 +98,9 @@ def estimate_bytes(vae: VAEDecoder, latent_shape: tuple[int, ...], plan: "TilePl
     tiles = tiles_of(plan, h, w)
     tile = max(tiles, key=lambda k: (k.yb - k.ya) * (k.xb - k.xa))
     th, tw = tile.yb - tile.ya, tile.xb - tile.xa
-    piece = min(plan.piece_elements, activation_elements_per_frame(vae, th, tw))
-    piece = max(piece, activation_elements_per_frame(vae, th, tw))  # one frame is the smallest piece
+    # Counted as one full-resolution tile frame; pieces of several frames (up to piece_elements) are not modelled:
+    # the constants are calibrated against measured peaks instead.
+    piece = activation_elements_per_frame(vae, th, tw)
     out = 3 * frames * h * w * s2
     tile_out = 0 if len(tiles) == 1 else 3 * frames * th * tw * s2
     workspace = WORKSPACE_BYTES if vae.output_proj.weight.is_cuda else 0
@@ -127,7 +128,7 @@ def plan_for_budget(vae: VAEDecoder, latent_shape: tuple[int, ...], budget_bytes
 
 
 def grid_plan(latent_hw: tuple[int, int], tiles: int, overlap: int = 4, halo: int = 2,
-                   piece_elements: int = TilePlan.piece_elements) -> TilePlan:
+              piece_elements: int = TilePlan.piece_elements) -> TilePlan:
     """A grid of exactly `tiles` spatial tiles with the least work per tile (one per rank when spreading a decode)."""
     h, w = latent_hw
     if tiles <= 1:
@@ -143,8 +144,9 @@ def grid_plan(latent_hw: tuple[int, int], tiles: int, overlap: int = 4, halo: in
             continue
         plan = TilePlan(piece_elements=piece_elements, tile_h=th if gh > 1 else 0, tile_w=tw if gw > 1 else 0,
                         overlap=overlap, halo=halo)
-        work = max((t.yb - t.ya) * (t.xb - t.xa) for t in tiles_of(plan, h, w))
-        if len(tiles_of(plan, h, w)) == tiles and (best is None or work < best[0]):
+        cut = tiles_of(plan, h, w)
+        work = max((t.yb - t.ya) * (t.xb - t.xa) for t in cut)
+        if len(cut) == tiles and (best is None or work < best[0]):
             best = (work, plan)
     if best is None:
         raise ValueError(f"cannot cut a {h}x{w} latent into {tiles} tiles wider than the overlap {overlap}")
@@ -203,14 +205,13 @@ def decode_stream(vae: VAEDecoder, z: torch.Tensor, piece_elements: int) -> Iter
             skip = 0
 
 
-def decode_frames(vae: VAEDecoder, z: torch.Tensor, piece_elements: int,
-                  out_dtype: torch.dtype | None = None) -> torch.Tensor:
+def decode_frames(vae: VAEDecoder, z: torch.Tensor, piece_elements: int) -> torch.Tensor:
     """De-normalised latents -> frames [B, 3, 6(T-1)+1, 8h, 8w], written piece by piece into one buffer."""
     b, _, t, h, w = z.shape
     s = vae.cfg.spatial_factor
     frames = (t - 1) * vae.cfg.temporal_factor + 1
     out = torch.empty(b, vae.cfg.out_channels, frames, h * s, w * s, device=z.device,
-                      dtype=out_dtype or vae.output_proj.weight.dtype)
+                      dtype=vae.output_proj.weight.dtype)
     i = 0
     for piece in decode_stream(vae, z, piece_elements):
         out[:, :, i:i + piece.shape[2]] = piece
@@ -286,8 +287,8 @@ def blend_tiles(parts: Iterable[tuple[Tile, torch.Tensor]], plan: TilePlan, h: i
 def decode_tiled(vae: VAEDecoder, latents: torch.Tensor, plan: TilePlan) -> torch.Tensor:
     """Normalised DiT latents -> frames [B, 3, 6(T-1)+1, 8h, 8w] in [-1, 1], within the plan's sizes.
 
-    Without spatial tiles the result is in the decoder's dtype and equals the untiled decode; with tiles
-    it is the fp32 blend.
+    The result is in the decoder's dtype; without spatial tiles it equals the untiled decode, with tiles it is
+    their blend.
     """
     z = vae.denormalize(latents)
     h, w = z.shape[-2:]

@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from client import MochiClient
-from client.api import Cancelled
+from client.api import Cancelled, infer_inputs
 from mochi_runtime.parallel.topology import free_port
 from mochi_runtime.serving.tritonserver import ServerConfig, TritonServer
 from mochi_runtime.video import probe_mp4
@@ -121,12 +121,7 @@ def _infer(client, overrides: dict, extra: list | None = None):
     values = {"PROMPT": (np.object_, b"a cat"), "NUM_FRAMES": (np.int32, 13), "HEIGHT": (np.int32, 48),
               "WIDTH": (np.int32, 80), "STEPS": (np.int32, 2)}
     values.update(overrides)
-    inputs = []
-    for name, (dt, v) in values.items():
-        arr = np.array([v], dtype=dt)
-        inp = grpcclient.InferInput(name, list(arr.shape), TYPES[dt])
-        inp.set_data_from_numpy(arr)
-        inputs.append(inp)
+    inputs = infer_inputs(grpcclient, [(name, np.array([v], dtype=dt), TYPES[dt]) for name, (dt, v) in values.items()])
     return client.infer("mochi", inputs + (extra or []), client_timeout=300)
 
 
@@ -148,12 +143,7 @@ def test_wrong_dtype_shape_and_unknown_input_are_rejected_and_server_stays_healt
     unknown = grpcclient.InferInput("FOO", [1], "INT32")
     unknown.set_data_from_numpy(np.array([1], dtype=np.int32))
     for extra, word in ((wrong_dtype, "STEPS"), (wrong_shape, "SEED"), (unknown, "FOO")):
-        base = {"PROMPT": (np.object_, b"a cat")}
-        inputs = []
-        for n, (dt, v) in base.items():
-            inp = grpcclient.InferInput(n, [1], TYPES[dt])
-            inp.set_data_from_numpy(np.array([v], dtype=dt))
-            inputs.append(inp)
+        inputs = infer_inputs(grpcclient, [("PROMPT", np.array([b"a cat"], dtype=np.object_), "BYTES")])
         with pytest.raises(InferenceServerException) as e:
             client.infer("mochi", inputs + [extra], client_timeout=120)
         assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and word in e.value.message(), e.value

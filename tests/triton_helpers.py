@@ -9,6 +9,7 @@ from typing import Iterator
 
 import numpy as np
 
+from client.api import infer_inputs
 from mochi_runtime.parallel.topology import free_port
 from mochi_runtime.serving.tritonserver import ServerConfig, TritonServer
 
@@ -71,16 +72,11 @@ def shm_regions(server: TritonServer) -> list[str]:
 def dit_inputs(grpcclient, feat_dim: int, frames: int = 7, height: int = 32, width: int = 32, steps: int = 1,
                seed: int = 0) -> list:
     """Inputs for a direct mochi_dit call (zero text embeddings)."""
-    arrays = (("TEXT_EMBEDS", np.zeros((2, 8, feat_dim), np.float32), "FP32"),
+    arrays = [("TEXT_EMBEDS", np.zeros((2, 8, feat_dim), np.float32), "FP32"),
               ("TEXT_MASK", np.ones((2, 8), np.bool_), "BOOL"),
               ("NUM_FRAMES", np.array([frames], np.int32), "INT32"),
               ("HEIGHT", np.array([height], np.int32), "INT32"),
               ("WIDTH", np.array([width], np.int32), "INT32"),
               ("STEPS", np.array([steps], np.int32), "INT32"),
-              ("SEED", np.array([seed], np.int64), "INT64"))
-    inputs = []
-    for name, arr, dt in arrays:
-        t = grpcclient.InferInput(name, list(arr.shape), dt)
-        t.set_data_from_numpy(arr)
-        inputs.append(t)
-    return inputs
+              ("SEED", np.array([seed], np.int64), "INT64")]
+    return infer_inputs(grpcclient, arrays)

@@ -3,8 +3,8 @@
 Each block is one FSDP unit: its weights are all-gathered just before it runs
 and freed right after, and the next block's gather is issued while the current
 one computes (explicit forward prefetch). The DiT itself is the root unit (its
-small embedders and final layer stay gathered after the first pass), which is
-why the sequence-parallel forward goes through `AsymmDiT.__call__`.
+embedders and final layer are gathered for each pass and freed after it), which
+is why the sequence-parallel forward goes through `AsymmDiT.__call__`.
 
 Loading never materialises the model on any rank: the module is built on the
 meta device, sharded, allocated shard-sized on its device, and every parameter
@@ -12,8 +12,6 @@ reads only this rank's rows from the safetensors file (through the layout's key
 map: a diffusers checkpoint's split Q/K/V are cut where they meet) into its shard.
 """
 from __future__ import annotations
-
-import logging
 
 import torch
 import torch.distributed as dist
@@ -24,11 +22,6 @@ from torch.distributed.tensor import DTensor
 from ..checkpoints import ModelDir, caster, iter_expected, leftover_report, plan_reads, read_rows
 from ..dit import AsymmDiT
 
-log = logging.getLogger(__name__)
-
-WEIGHT_MODES = ("replicated", "sharded")
-
-
 def shard_rows(rows: int, rank: int, world: int) -> tuple[int, int]:
     """FSDP2's dim-0 split (torch.chunk's pieces): this rank's [start, stop); ranks past the last piece hold none."""
     size = -(-rows // world)
@@ -36,15 +29,11 @@ def shard_rows(rows: int, rank: int, world: int) -> tuple[int, int]:
     return start, min(rows, start + size)
 
 
-def _rows_for(full: torch.Tensor, rank: int, world: int) -> torch.Tensor:
-    start, stop = shard_rows(full.shape[0], rank, world)
-    return full[start:stop]
-
-
 def rows_for_param(param: DTensor, full: torch.Tensor) -> torch.Tensor:
     """The rows of a full tensor that a sharded parameter holds on this rank."""
     mesh = param.device_mesh
-    return _rows_for(full, mesh.get_local_rank(), mesh.size())
+    start, stop = shard_rows(full.shape[0], mesh.get_local_rank(), mesh.size())
+    return full[start:stop]
 
 
 def shard_modules(dit: AsymmDiT, group: dist.ProcessGroup, device: torch.device, prefetch: int = 1) -> AsymmDiT:

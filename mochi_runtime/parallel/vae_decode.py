@@ -12,34 +12,31 @@ import torch
 import torch.distributed as dist
 
 from ..vae import VAEDecoder
-from ..vae_tiling import TilePlan, blend_tiles, decode_frames, decode_tile, tiles_of
+from ..vae_tiling import TilePlan, blend_tiles, decode_tile, decode_tiled, tiles_of
 
 
 @torch.inference_mode()
 def decode_distributed(vae: VAEDecoder, latents: torch.Tensor, plan: TilePlan,
                        group: dist.ProcessGroup | None = None) -> torch.Tensor | None:
-    """Normalised latents (same on every rank) -> frames [B, 3, F, 8h, 8w] fp32 on the group's first rank, else None."""
+    """Normalised latents (same on every rank) -> on the group's first rank, what `decode_tiled` returns for the
+    same plan (frames [B, 3, F, 8h, 8w] in the decoder's dtype); None elsewhere."""
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     dst = dist.get_global_rank(group, 0) if group is not None else 0
-    z = vae.denormalize(latents)
-    h, w = z.shape[-2:]
+    h, w = latents.shape[-2:]
     tiles = tiles_of(plan, h, w)
     if len(tiles) == 1 or world == 1:  # nothing to spread: the first rank decodes alone
-        if rank != 0:
-            return None
-        if len(tiles) == 1:
-            return decode_frames(vae, z, plan.piece_elements, torch.float32)
-        parts = ((t, decode_tile(vae, z, t, plan)) for t in tiles)
-        return blend_tiles(parts, plan, h, w, vae.cfg.spatial_factor)
+        return decode_tiled(vae, latents, plan) if rank == 0 else None
+    z = vae.denormalize(latents)
     per_rank = math.ceil(len(tiles) / world)
     mine = [decode_tile(vae, z, t, plan) for t in tiles[rank::world]]
     shape = (per_rank, *mine[0].shape) if mine else None
-    # Every tile has the same kept size, so one stacked tensor per rank (zero-padded) carries them.
+    # Every tile has the same kept size, so one stacked tensor per rank (zero-padded) carries them, in the
+    # decoder's dtype: rank 0 then blends exactly the values decode_tiled would.
     if shape is None:
         s = vae.cfg.spatial_factor
         frames = (z.shape[2] - 1) * vae.cfg.temporal_factor + 1
         shape = (per_rank, z.shape[0], vae.cfg.out_channels, frames, tiles[0].th * s, tiles[0].tw * s)
-    stack = torch.zeros(shape, dtype=torch.float32, device=z.device)
+    stack = torch.zeros(shape, dtype=vae.output_proj.weight.dtype, device=z.device)
     for i, part in enumerate(mine):
         stack[i] = part
     gathered = [torch.empty_like(stack) for _ in range(world)] if rank == 0 else None

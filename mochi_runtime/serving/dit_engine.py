@@ -142,8 +142,7 @@ class DiTEngine:
                 self.on_queue(self._queue.qsize(), time.monotonic() - job.submitted)
             if job is None or self._closing.is_set():
                 if job is not None:
-                    job.on_error(ShuttingDown("the DiT model is shutting down; request not run"))
-                    self._forget(job)
+                    self._refuse(job)
                 return
             try:
                 self._execute(job)
@@ -211,6 +210,12 @@ class DiTEngine:
         if self.on_restart is not None:
             self.on_restart()
 
+    def _refuse(self, job: Job) -> None:
+        try:
+            job.on_error(ShuttingDown("the DiT model is shutting down; request not run"))
+        finally:
+            self._forget(job)
+
     def drain(self) -> int:
         """Stop taking work: queued requests get ShuttingDown, the running one stops at its next step boundary
         (and gets ShuttingDown too). Returns how many queued requests were answered."""
@@ -222,10 +227,7 @@ class DiTEngine:
             except queue.Empty:
                 break
             if job is not None:
-                try:
-                    job.on_error(ShuttingDown("the DiT model is shutting down; request not run"))
-                finally:
-                    self._forget(job)
+                self._refuse(job)
                 answered += 1
         self.group.cancel()
         return answered

@@ -36,6 +36,7 @@ NGC_SERVER = Path("/opt/tritonserver")
 class ServerError(RuntimeError):
     pass
 
+
 log = logging.getLogger("mochi.tritonserver")
 
 READY_PATH = "/v2/health/ready"  # what health checks (compose, Kubernetes, our own waits) ask
@@ -218,13 +219,13 @@ class TritonServer:
         while not self._stopping.wait(poll_s):
             if self.proc is None or self.proc.poll() is not None:
                 return
-            if not self.ready() and not known:
+            if not known and not self.ready():  # nothing to watch until the server has come up
                 continue
             current = self.stub_pids()
             for model, pids in current.items():
                 known.setdefault(model, set()).update(pids)
             for model, pids in list(known.items()):
-                dead = {p for p in pids if not Path(f"/proc/{p}").exists() or p not in current.get(model, set())}
+                dead = pids - current.get(model, set())
                 if not dead or self._stopping.is_set():
                     continue
                 log.warning("model %s: stub process %s died; reloading the model", model, sorted(dead))

@@ -2,6 +2,7 @@
 
 The stub process never initialises CUDA: the workers are spawned and own the GPUs.
 """
+import dataclasses
 import threading
 import time
 
@@ -39,7 +40,7 @@ def plan_weights(p, dit_cfg, layout, devices, limits):
         width = max(16, limits.max_pixels // height // 16 * 16)
         largest = GenerationRequest("", num_frames=limits.max_frames, height=height, width=width, steps=1)
         weights = choose_weights(model, largest, budget)
-        model = DiTMemoryModel(**{**model.__dict__, "weights": weights})
+        model = dataclasses.replace(model, weights=weights)
     if budget and model.weight_bytes() > budget:
         raise ValueError(f"memory_budget_bytes={budget} cannot hold the DiT's {model.weights} weights "
                          f"({model.weight_bytes() / 2**30:.2f} GiB per GPU); use weights=sharded or more GPUs")
