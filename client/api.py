@@ -32,6 +32,12 @@ class GenerationResult:
     mp4: bytes
 
     def save(self, path: str) -> str:
+        """Write the server's mp4; when the server sent none (vae_decoder encode_mp4=false), encode VIDEO here."""
+        if not self.mp4:
+            from mochi_runtime.video import encode_mp4
+
+            encode_mp4(self.video, path)
+            return path
         with open(path, "wb") as f:
             f.write(self.mp4)
         return path

@@ -11,12 +11,16 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 DEFAULT_INPUTS = Path(__file__).resolve().parent / "inputs" / "prompts.json"
 
@@ -61,6 +65,50 @@ def run(url: str, model: str = "mochi", protocol: str = "grpc", concurrency: str
     if proc.returncode != 0:
         raise RuntimeError(f"perf_analyzer failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return parse_csv(csv_path)
+
+
+def closed_loop(send: Callable[[int], object], concurrency: int, requests: int) -> dict:
+    """`concurrency` threads each send one request at a time (send(i) blocks until its answer) until `requests`
+    are done; requests/hour and latency percentiles, the way perf_analyzer's concurrency mode counts them.
+
+    The driver for machines where the perf_analyzer binary cannot run or travel (it needs glibc 2.38).
+    """
+    lock = threading.Lock()
+    issued = iter(range(requests))
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = next(issued, None)
+            if i is None:
+                return
+            t0 = time.perf_counter()
+            try:
+                send(i)
+            except Exception as e:  # recorded, the run goes on
+                with lock:
+                    errors.append(f"{type(e).__name__}: {e}"[:300])
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, name=f"load-{k}") for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return round(lat[min(len(lat) - 1, max(0, math.ceil(q * len(lat)) - 1))], 2) if lat else float("nan")
+
+    return {"concurrency": concurrency, "requests": requests, "ok": len(lat), "errors": errors,
+            "wall_s": round(wall, 1), "requests_per_hour": round(len(lat) / wall * 3600, 1),
+            "p50_s": pct(0.50), "p99_s": pct(0.99)}
 
 
 def parse_csv(path: str | Path) -> list[dict[str, str]]:

@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--model-dir", default=None, help="official or diffusers-layout checkpoint (default: embedded tiny)")
     g.add_argument("--out", default="video.mp4")
     g.add_argument("--device", default="auto")
-    g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16", "fp8"],
+                   help="fp8: the DiT's block linears in e4m3 (per-channel scales), the rest bf16")
     g.add_argument("--attention", default="auto")
     g.add_argument("--quiet", action="store_true")
     g.add_argument("--ulysses", type=int, default=1, help="Ulysses (head-sharding) degree")

@@ -140,6 +140,56 @@ def group_by_text(y_mask: torch.Tensor) -> list[tuple[list[int], torch.Tensor]]:
     return [(members, indices[members[0]]) for members in groups.values()]
 
 
+Selector = slice | torch.Tensor
+
+
+def _selector(members: list[int], device) -> Selector:
+    """A contiguous run of samples as a slice (indexing with it is a view, not a copy), else an index tensor."""
+    if members == list(range(members[0], members[-1] + 1)):
+        return slice(members[0], members[-1] + 1)
+    return torch.tensor(members, device=device)
+
+
+class TextGroups:
+    """`group_by_text` for one mask, computed once and reused by every block of a forward.
+
+    Grouping reads the mask on the host (a device sync); per block that would stall the launch queue 48
+    times a step. The cache holds the mask object itself, so identity cannot be mistaken for a new mask
+    allocated at the same address, and checks its version counter for in-place changes (inference tensors
+    have none: there identity decides, which holds for the sampler, whose masks live for one request).
+    """
+
+    def __init__(self) -> None:
+        self._mask: torch.Tensor | None = None
+        self._version = -1
+        self._groups: list[tuple[Selector, torch.Tensor]] = []
+
+    def __call__(self, y_mask: torch.Tensor) -> list[tuple[Selector, torch.Tensor]]:
+        version = _version_of(y_mask)
+        if self._mask is not y_mask or self._version != version:
+            self._groups = [(_selector(members, y_mask.device), idx) for members, idx in group_by_text(y_mask)]
+            self._mask, self._version = y_mask, version
+        return self._groups
+
+
+def _version_of(t: torch.Tensor) -> int:
+    """The in-place version counter; inference tensors have none (-2: identity alone decides)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -2
+
+
+def put_rows(out: torch.Tensor, sel: Selector, idx: torch.Tensor, values: torch.Tensor) -> None:
+    """out[sel][:, :, idx] = values, written into `out` (through a view when sel is a slice)."""
+    if isinstance(sel, slice):
+        out[sel][:, :, idx] = values
+    else:
+        rows = out[sel]
+        rows[:, :, idx] = values
+        out[sel] = rows
+
+
 class JointAttention(Protocol):
     """Attention over [visual tokens, valid text tokens] for each sample.
 
@@ -156,22 +206,17 @@ class LocalJointAttention:
 
     def __init__(self, kernel: str = "auto") -> None:
         self.kernel = kernel
+        self.text_groups = TextGroups()
 
     def __call__(self, q_x, k_x, v_x, q_y, k_y, v_y, y_mask):
         n = q_x.shape[2]
         out_x = torch.empty_like(q_x)
         out_y = torch.zeros_like(q_y)
-        for members, idx in group_by_text(y_mask):
-            sel = torch.tensor(members, device=q_x.device) if len(members) < q_x.shape[0] else slice(None)
+        for sel, idx in self.text_groups(y_mask):
             q = torch.cat([q_x[sel], q_y[sel][:, :, idx]], dim=2)
             k = torch.cat([k_x[sel], k_y[sel][:, :, idx]], dim=2)
             v = torch.cat([v_x[sel], v_y[sel][:, :, idx]], dim=2)
             o = attend(q, k, v, self.kernel)
             out_x[sel] = o[:, :, :n]
-            if isinstance(sel, slice):
-                out_y[:, :, idx] = o[:, :, n:]
-            else:
-                rows = out_y[sel]
-                rows[:, :, idx] = o[:, :, n:]
-                out_y[sel] = rows
+            put_rows(out_y, sel, idx, o[:, :, n:])
         return out_x, out_y

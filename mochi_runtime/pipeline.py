@@ -27,7 +27,8 @@ from .vae_tiling import TilePlan, decode_tiled
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# "fp8" is the DiT's mode with e4m3 block linears (mochi_runtime.fp8); everything else computes in bf16 then.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -53,13 +54,20 @@ def open_model_dir(model_dir: str | Path | None) -> ModelDir:
 
 
 def load_dit(md: ModelDir, device: torch.device, dtype: torch.dtype, attention: str = "auto",
-             compile: bool | None = None) -> AsymmDiT:
-    """Build on the meta device, fill from the checkpoint; compile the blocks on GPU unless told not to."""
+             compile: bool | None = None, fp8: bool = False) -> AsymmDiT:
+    """Build on the meta device, fill from the checkpoint; compile the blocks on GPU unless told not to.
+
+    fp8: the block linears are quantised to e4m3 right after loading (from the checkpoint's bf16/fp32).
+    """
     cfg = md.dit_config()
     with torch.device("meta"):
         dit = AsymmDiT(cfg)
     source, rules = md.dit_source()
     load_module(dit, source, rules, device, dtype, what=f"DiT ({md.root}, {md.layout})")
+    if fp8:
+        from .fp8 import quantize_blocks_
+
+        quantize_blocks_(dit)
     return prepare_dit(dit, device, attention, compile)
 
 
@@ -152,7 +160,7 @@ class MochiPipeline:
         dt = resolve_dtype(dtype, dev)
         te = load_text_encoder(md, dev, torch.float32 if dev.type == "cpu" else dt, t5_dir, offload_text_encoder)
         if denoiser is None:
-            dit = load_dit(md, dev, dt, attention)
+            dit = load_dit(md, dev, dt, attention, fp8=dtype == "fp8")
             check_text_width(te, dit.cfg.t5_feat_dim)
             denoiser = LocalDenoiser(dit)
         vae = load_vae(md, dev, dt)
@@ -174,7 +182,7 @@ class MochiPipeline:
         if self.parallel_decode:
             return self.denoiser.decode(latents)[0].numpy()  # type: ignore[attr-defined]
         video = decode_tiled(self.vae, latents.to(self.device), self.tile_plan)
-        return frames_to_uint8(video)[0].cpu().numpy()
+        return frames_to_uint8(video, device="cpu")[0].numpy()
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
         request = validate(request, self.limits)

@@ -1,6 +1,6 @@
 import sys
 
-SUBCOMMANDS = ("dit", "load", "vae", "pipeline")
+SUBCOMMANDS = ("dit", "step", "load", "vae", "pipeline", "serving")
 
 
 def main() -> int:
@@ -14,6 +14,10 @@ def main() -> int:
         from .vae import main as run
     elif kind == "pipeline":
         from .pipeline import main as run
+    elif kind == "step":
+        from .step import main as run
+    elif kind == "serving":
+        from .serving import main as run
     else:
         from .load import main as run
     return run()

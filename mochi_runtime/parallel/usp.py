@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..attention import attend, attend_with_lse, group_by_text, merge_partials
+from ..attention import TextGroups, attend, attend_with_lse, merge_partials, put_rows
 from ..dit import AsymmDiT
 from ..sampler import cfg_combine
 from ..text_encoder import TextEmbedding
@@ -74,9 +74,10 @@ class USPJointAttention:
         # from one fp32 kernel call only by that call's own rounding.
         self.ring_kernel = kernel if torch.cuda.is_available() else "math"
         self.valid_tokens = 0  # visual tokens before padding, set per forward
+        self.text_groups = TextGroups()
 
-    def _ring(self, q: torch.Tensor, kv: torch.Tensor, text_kv: torch.Tensor, block_len: int):
-        """Attend q to every ring block of kv ([2, b, h, S, D]) plus text_kv."""
+    def _ring(self, q: torch.Tensor, kv, text_kv, block_len: int):
+        """Attend q to every ring block of kv (K and V: [2, b, h, S, D] stacked when ring > 1) plus text_kv."""
         g = self.groups
         R = g.layout.ring
         me = g.ring_index
@@ -119,16 +120,14 @@ class USPJointAttention:
         block_len = q_x.shape[2]
         out_x = torch.empty_like(q_x)
         out_y = torch.zeros_like(q_y)
-        for members, idx in group_by_text(y_mask):
-            sel = torch.tensor(members, device=q_x.device)
+        for sel, idx in self.text_groups(y_mask):
             q = torch.cat([q_x[sel], q_y[sel][:, :, idx]], dim=2)
-            kv = torch.stack([k_x[sel], v_x[sel]])
-            text_kv = torch.stack([k_y[sel][:, :, idx], v_y[sel][:, :, idx]])
+            # Stacked only when it travels round the ring (one P2P message); the text K/V never travels.
+            kv = torch.stack([k_x[sel], v_x[sel]]) if g.layout.ring > 1 else (k_x[sel], v_x[sel])
+            text_kv = (k_y[sel][:, :, idx], v_y[sel][:, :, idx])
             o = self._ring(q, kv, text_kv, block_len).to(q.dtype)
             out_x[sel] = o[:, :, :block_len]
-            rows = out_y[sel]
-            rows[:, :, idx] = o[:, :, block_len:]
-            out_y[sel] = rows
+            put_rows(out_y, sel, idx, o[:, :, block_len:])
         return heads_to_seq(out_x, g.ulysses_group, U), gather_heads(out_y, g.ulysses_group, U)
 
 

@@ -82,7 +82,7 @@ def run_decode(vae, task: DecodeTask, device, rank: int):
     from .vae_decode import decode_distributed
 
     video = decode_distributed(vae, task.latents.to(device), task.plan)
-    return frames_to_uint8(video).cpu() if rank == 0 else None
+    return frames_to_uint8(video, device="cpu") if rank == 0 else None
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -111,12 +111,15 @@ def build_model(spec: GroupSpec, local_rank: int):
     if spec.weights == "sharded":
         import torch.distributed as dist
 
+        if spec.dtype == "fp8":
+            raise ValueError("dtype fp8 with sharded weights is not supported: use weights=replicated")
+
         from .sharded import load_sharded_dit
 
         over = dist.group.WORLD if spec.shard_over == "world" else groups.sp_group
         dit = prepare_dit(load_sharded_dit(md, over, device, dtype), device, spec.attention, spec.compile)
     else:
-        dit = load_dit(md, device, dtype, spec.attention, spec.compile)
+        dit = load_dit(md, device, dtype, spec.attention, spec.compile, fp8=spec.dtype == "fp8")
     spec.layout.validate(num_heads=dit.cfg.num_heads)
     return SequenceParallelDiT(dit, groups, spec.attention), device
 

@@ -48,7 +48,19 @@ def model_params(args: dict, environ: dict[str, str] | None = None) -> dict[str,
         value = env.get(param_env_name(model, key))
         if value is not None:
             params[key] = value
+    _log_runtime(model)
     return params
+
+
+def _log_runtime(model: str) -> None:
+    """One line per model instance in the server log: which interpreter and numpy the stub really runs
+    (a stub that picks up numpy 2 corrupts string tensors; this line is the first thing to check)."""
+    import sys
+
+    import numpy
+
+    print(f"[{model}] python {sys.version.split()[0]} ({sys.executable}), numpy {numpy.__version__} "
+          f"from {os.path.dirname(numpy.__file__)}", file=sys.stderr, flush=True)
 
 
 def model_dir(params: dict[str, str]) -> str | None:

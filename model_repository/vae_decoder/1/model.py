@@ -23,6 +23,16 @@ class TritonPythonModel:
         self.device = device
         self.piece_elements = int(params.get("piece_elements") or TilePlan.piece_elements)
         self.budget = int(params.get("memory_budget_bytes") or 0)
+        # false: MP4 comes back empty and clients encode VIDEO themselves (saves the server's CPU; PyAV not needed)
+        self.encode_mp4 = (params.get("encode_mp4") or "true").lower() in ("1", "true", "yes")
+        if self.encode_mp4:
+            from mochi_runtime.video import pick_codec
+
+            try:
+                pick_codec()  # fail at load, not on the first request
+            except ImportError as e:
+                raise RuntimeError("vae_decoder: encode_mp4=true needs PyAV (pip install av); "
+                                   "or set encode_mp4=false and let clients encode VIDEO") from e
         self._fam, self.latency = A.histogram(pb_utils, "mochi_vae_latency_seconds",
                                               "VAE decode + mp4 encode time per request", A.LATENCY_BUCKETS)
 
@@ -49,8 +59,8 @@ class TritonPythonModel:
                 plan = (plan_for_budget(self.vae, z.shape, self.budget) if self.budget
                         else TilePlan(piece_elements=self.piece_elements))
                 video = decode_tiled(self.vae, torch.from_numpy(z).to(self.device), plan)
-                video = frames_to_uint8(video)[0].cpu().numpy()
-                mp4 = mp4_bytes(video, self.fps)
+                video = frames_to_uint8(video, device="cpu")[0].numpy()
+                mp4 = mp4_bytes(video, self.fps) if self.encode_mp4 else b""
                 responses.append(pb_utils.InferenceResponse([
                     pb_utils.Tensor("VIDEO", video),
                     pb_utils.Tensor("MP4", np.array([mp4], dtype=np.object_)),

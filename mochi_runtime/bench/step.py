@@ -1,0 +1,195 @@
+"""One DiT CFG step against the card's floor, a kernel-time breakdown, and the fp8 mode.
+
+    python -m mochi_runtime.bench step --frames 49,163 --fp8 --profile --json out.json
+
+The floor is measured in the same process: the bf16 (and fp8) dense matmul rate
+on 8192^3 products and the SDPA rate at the step's own attention shape; the
+step's FLOPs (linears of both streams + joint attention, batch 2) divided by
+those rates is the time a perfect implementation would need. Ours runs
+compiled (the GPU default), then with fp8 block linears (`--dtype fp8`), whose
+output is compared with the bf16 one on the same weights and inputs.
+The profile sorts every GPU kernel of one step into matmul / attention /
+fused pointwise (norms, modulation, RoPE, gating) / copies / communication / other.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+
+import torch
+import torch.nn.functional as F
+
+from ..config import DiTConfig, get_preset
+from .common import peak_gib, print_table, time_cuda, write_record
+from .dit import build_dit, cfg_inputs
+
+CATEGORIES = ("matmul", "attention", "pointwise (triton)", "copies", "communication", "other")
+
+
+def step_flops(cfg: DiTConfig, visual: int, text: int, batch: int = 2) -> dict[str, float]:
+    """Forward FLOPs of one CFG step: linears of both streams and the joint attention (2 per MAC)."""
+    dx, dy, hx, hy = cfg.hidden_size_x, cfg.hidden_size_y, cfg.mlp_hidden_x, cfg.mlp_hidden_y
+    per_block_x = dx * 3 * dx + dx * dx + dx * 2 * hx + hx * dx  # qkv, proj, SwiGLU in/out
+    per_block_y = dy * 3 * dx + dx * dy + dy * 2 * hy + hy * dy
+    linear = 2 * cfg.depth * (visual * per_block_x + text * per_block_y)
+    s = visual + text
+    attention = 4 * cfg.depth * s * s * cfg.hidden_size_x  # QK^T and PV over all heads
+    return {"linear": batch * linear, "attention": batch * attention}
+
+
+def matmul_tflops(dtype: torch.dtype, n: int = 8192, iters: int = 20) -> float:
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    if dtype == torch.float8_e4m3fn:
+        a8, b8 = a.to(dtype), b.to(dtype).t().contiguous().t()
+        one = torch.ones((), device="cuda")
+        fn = lambda: torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)  # noqa: E731
+    else:
+        fn = lambda: a @ b  # noqa: E731
+    ms, _ = time_cuda(fn, 3, iters)
+    return 2 * n**3 / (ms / 1000) / 1e12
+
+
+def sdpa_tflops(cfg: DiTConfig, seq: int, iters: int = 10) -> float:
+    """cuDNN SDPA (the kernel our blocks use on Hopper) at [1, heads, seq, head_dim]."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = (torch.randn(1, cfg.num_heads, seq, cfg.head_dim, device="cuda", dtype=torch.bfloat16)
+               for _ in range(3))
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        ms, _ = time_cuda(lambda: F.scaled_dot_product_attention(q, k, v), 3, iters)
+    return 4 * seq * seq * cfg.hidden_size_x / (ms / 1000) / 1e12
+
+
+def categorise(name: str) -> str:
+    n = name.lower()
+    if "nccl" in n:
+        return "communication"
+    if any(k in n for k in ("fmha", "sdpa", "flash", "attention", "attn")):
+        return "attention"
+    if any(k in n for k in ("gemm", "nvjet", "xmma", "cutlass", "cublas", "scaled_mm", "splitk")):
+        return "matmul"
+    if n.startswith("triton"):
+        return "pointwise (triton)"
+    if any(k in n for k in ("copy", "memcpy", "memset", "cat", "fill")):
+        return "copies"
+    return "other"
+
+
+def profile_step(fn) -> dict:
+    """GPU kernel time of one call of fn, by category (ms), plus the top kernels."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    by_cat = {c: 0.0 for c in CATEGORIES}
+    kernels = []
+    for evt in prof.key_averages():
+        if getattr(evt, "device_type", None) != DeviceType.CUDA:
+            continue
+        us = getattr(evt, "self_device_time_total", None)
+        if us is None:
+            us = evt.self_cuda_time_total
+        if us <= 0:
+            continue
+        by_cat[categorise(evt.key)] += us / 1000
+        kernels.append((us / 1000, evt.count, evt.key[:90]))
+    kernels.sort(reverse=True)
+    total = sum(by_cat.values())
+    return {"kernel_ms": round(total, 1),
+            "by_category_ms": {k: round(v, 1) for k, v in by_cat.items()},
+            "by_category_share": {k: round(v / total, 3) if total else 0.0 for k, v in by_cat.items()},
+            "top_kernels": [{"ms": round(ms, 2), "calls": c, "name": n} for ms, c, n in kernels[:12]]}
+
+
+def _uncompile(dit) -> None:
+    for block in dit.blocks:
+        block.__dict__.pop("pre_attention", None)
+        block.__dict__.pop("post_attention", None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mochi_runtime.bench step")
+    ap.add_argument("--preset", default="mochi-1-preview")
+    ap.add_argument("--frames", default="49", help="comma list")
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=848)
+    ap.add_argument("--cond-tokens", type=int, default=64)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--fp8", action="store_true", help="also time the fp8 mode (block linears in e4m3)")
+    ap.add_argument("--profile", action="store_true", help="kernel-time breakdown of one step per mode")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("the step benchmark needs a GPU")
+    from ..fp8 import quantize_blocks_, weight_bytes
+
+    dev = torch.device("cuda")
+    frames_list = [int(f) for f in a.frames.split(",") if f]
+    cfg = get_preset(a.preset).dit
+    rates = {"bf16_matmul_tflops": round(matmul_tflops(torch.bfloat16), 1),
+             "fp8_matmul_tflops": round(matmul_tflops(torch.float8_e4m3fn), 1)}
+    print(rates, flush=True)
+    modes = ["bf16"] + (["fp8"] if a.fp8 else [])
+    rows, outputs = [], {}
+    for mode in modes:
+        dit = build_dit(a.preset, dev, torch.bfloat16)
+        if mode == "fp8":
+            quantize_blocks_(dit)
+        weights_gib = weight_bytes(dit) / 2**30
+        dit.compile_blocks()
+        for frames in frames_list:
+            x, sigma, y, mask = cfg_inputs(cfg, frames, a.height, a.width, a.cond_tokens, dev, torch.bfloat16)
+            visual = x.shape[2] * x.shape[3] * x.shape[4] // cfg.patch_size**2
+            flops = step_flops(cfg, visual, cfg.t5_token_length)
+            key = f"sdpa_tflops_{frames}f"
+            if key not in rates:
+                rates[key] = round(sdpa_tflops(cfg, visual + cfg.t5_token_length), 1)
+            floor_ms = 1000 * (flops["linear"] / (rates["bf16_matmul_tflops"] * 1e12)
+                               + flops["attention"] / (rates[key] * 1e12))
+            fn = lambda: dit(x, sigma, y, mask)  # noqa: E731
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            with torch.inference_mode():
+                ms, all_ms = time_cuda(fn, a.warmup, a.iters)
+                out = fn().float()
+                prof = profile_step(fn) if a.profile else None
+            row = {"frames": frames, "mode": mode, "ms_per_cfg_step": round(ms, 1),
+                   "bf16_floor_ms": round(floor_ms, 1), "x_floor": round(ms / floor_ms, 3),
+                   "linear_tflop": round(flops["linear"] / 1e12, 1),
+                   "attention_tflop": round(flops["attention"] / 1e12, 1),
+                   "weights_gib": round(weights_gib, 2), "peak_gib": round(peak_gib(), 2),
+                   "all_ms": [round(t, 1) for t in all_ms]}
+            if mode == "bf16":
+                outputs[frames] = out.cpu()
+            else:
+                base = next(r for r in rows if r["frames"] == frames and r["mode"] == "bf16")
+                ref = outputs[frames]
+                row["vs_bf16"] = round(ms / base["ms_per_cfg_step"], 3)
+                row["rel_err_vs_bf16"] = float((out.cpu() - ref).norm() / ref.norm())
+            if prof:
+                row["profile"] = prof
+                print(f"{frames}f {mode} profile: {prof['by_category_ms']} (kernels {prof['kernel_ms']} ms)",
+                      flush=True)
+            rows.append(row)
+            print(f"{frames}f {mode}: {ms:.1f} ms/step, floor {floor_ms:.1f} ms ({ms / floor_ms:.2f}x), "
+                  f"peak {row['peak_gib']} GiB", flush=True)
+            del x, y, out
+        _uncompile(dit)
+        del dit
+        gc.collect()
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+    print_table(rows, ["frames", "mode", "ms_per_cfg_step", "bf16_floor_ms", "x_floor", "vs_bf16",
+                       "rel_err_vs_bf16", "weights_gib", "peak_gib"])
+    write_record(a.json, "dit-step", rows, [r for r in rows if r["mode"] == "bf16"], {
+        "rates": rates, "shape": {"frames": a.frames, "height": a.height, "width": a.width, "batch": 2,
+                                  "cond_tokens": a.cond_tokens, "preset": a.preset},
+        "floor": "linear FLOPs / bf16 matmul rate + attention FLOPs / cuDNN SDPA rate, both measured in this run",
+    }, subcommand="step")
+    return 0
