@@ -12,7 +12,7 @@ sequence-parallel one in `mochi_runtime.parallel.usp`.
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -150,6 +150,12 @@ def _selector(members: list[int], device) -> Selector:
     return torch.tensor(members, device=device)
 
 
+class TextGroup(NamedTuple):
+    sel: "Selector"  # the samples (slice when contiguous)
+    idx: torch.Tensor  # their valid text positions
+    prefix: int | None  # len(idx) when the valid positions are 0..len-1 (T5's right padding), else None
+
+
 class TextGroups:
     """`group_by_text` for one mask, computed once and reused by every block of a forward.
 
@@ -162,12 +168,16 @@ class TextGroups:
     def __init__(self) -> None:
         self._mask: torch.Tensor | None = None
         self._version = -1
-        self._groups: list[tuple[Selector, torch.Tensor]] = []
+        self._groups: list[TextGroup] = []
 
-    def __call__(self, y_mask: torch.Tensor) -> list[tuple[Selector, torch.Tensor]]:
+    def __call__(self, y_mask: torch.Tensor) -> list[TextGroup]:
         version = _version_of(y_mask)
         if self._mask is not y_mask or self._version != version:
-            self._groups = [(_selector(members, y_mask.device), idx) for members, idx in group_by_text(y_mask)]
+            self._groups = []
+            for members, idx in group_by_text(y_mask):
+                positions = idx.tolist()
+                prefix = len(positions) if positions == list(range(len(positions))) else None
+                self._groups.append(TextGroup(_selector(members, y_mask.device), idx, prefix))
             self._mask, self._version = y_mask, version
         return self._groups
 
@@ -178,6 +188,17 @@ def _version_of(t: torch.Tensor) -> int:
         return t._version
     except RuntimeError:
         return -2
+
+
+def joint_view(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    """[B, H, N+L, D] over x [B, H, N, D] and y [B, H, L, D] when y directly follows x in one buffer (the DiT's
+    projections write them that way), else None. Slicing it to N + valid text is attention input with no copy."""
+    if (x.dtype != y.dtype or x.device != y.device or x.stride() != y.stride() or x.shape[:2] != y.shape[:2]
+            or x.shape[3] != y.shape[3] or x.untyped_storage().data_ptr() != y.untyped_storage().data_ptr()
+            or y.storage_offset() != x.storage_offset() + x.shape[2] * x.stride(2)):
+        return None
+    b, h, n, d = x.shape
+    return x.as_strided((b, h, n + y.shape[2], d), x.stride(), x.storage_offset())
 
 
 def put_rows(out: torch.Tensor, sel: Selector, idx: torch.Tensor, values: torch.Tensor) -> None:
@@ -212,10 +233,14 @@ class LocalJointAttention:
         n = q_x.shape[2]
         out_x = torch.empty_like(q_x)
         out_y = torch.zeros_like(q_y)
-        for sel, idx in self.text_groups(y_mask):
-            q = torch.cat([q_x[sel], q_y[sel][:, :, idx]], dim=2)
-            k = torch.cat([k_x[sel], k_y[sel][:, :, idx]], dim=2)
-            v = torch.cat([v_x[sel], v_y[sel][:, :, idx]], dim=2)
+        joint = [joint_view(a, b) for a, b in ((q_x, q_y), (k_x, k_y), (v_x, v_y))]
+        for sel, idx, prefix in self.text_groups(y_mask):
+            if prefix is not None and all(j is not None for j in joint):
+                q, k, v = (j[sel][:, :, :n + prefix] for j in joint)  # views: visual + valid text, no copy
+            else:
+                q = torch.cat([q_x[sel], q_y[sel][:, :, idx]], dim=2)
+                k = torch.cat([k_x[sel], k_y[sel][:, :, idx]], dim=2)
+                v = torch.cat([v_x[sel], v_y[sel][:, :, idx]], dim=2)
             o = attend(q, k, v, self.kernel)
             out_x[sel] = o[:, :, :n]
             put_rows(out_y, sel, idx, o[:, :, n:])

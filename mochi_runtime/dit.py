@@ -151,7 +151,12 @@ class AsymmetricAttention(nn.Module):
             self.proj_y = nn.Linear(dx, dy)
 
     def project(self, x: torch.Tensor, y: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
-        """Q/K/V of both streams, QK-normed, RoPE on visual Q/K; head-major [B, H, S, D]."""
+        """Q/K/V of both streams, QK-normed, RoPE on visual Q/K; head-major [B, H, S, D].
+
+        Each of Q, K, V is written as one [B, H, N+L, D] buffer, visual tokens then text, and handed over as
+        two views: the attention can take "visual + valid text" as a slice instead of concatenating copies
+        (under torch.compile the norms and RoPE write straight into that buffer).
+        """
         b, n, _ = x.shape
         l = y.shape[1]
         q_x, k_x, v_x = self.qkv_x(x).view(b, n, 3, self.num_heads, -1).unbind(2)
@@ -159,7 +164,12 @@ class AsymmetricAttention(nn.Module):
         k_x = apply_rope(self.k_norm_x(k_x), *rope)
         q_y, k_y, v_y = self.qkv_y(y).view(b, l, 3, self.num_heads, -1).unbind(2)
         q_y, k_y = self.q_norm_y(q_y), self.k_norm_y(k_y)
-        return tuple(t.transpose(1, 2) for t in (q_x, k_x, v_x, q_y, k_y, v_y))
+        out = []
+        for vis, txt in ((q_x, q_y), (k_x, k_y), (v_x, v_y)):
+            joint = torch.cat([vis, txt], dim=1).transpose(1, 2).contiguous()
+            out.append((joint[:, :, :n], joint[:, :, n:]))
+        (q_x, q_y), (k_x, k_y), (v_x, v_y) = out
+        return q_x, k_x, v_x, q_y, k_y, v_y
 
     def output(self, out_x: torch.Tensor, out_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, _, n, _ = out_x.shape

@@ -258,25 +258,37 @@ def _ramp(length: int, lo_overlap: int, hi_overlap: int, device) -> torch.Tensor
     return w
 
 
+def tile_weight(tile: Tile, plan: TilePlan, h: int, w: int, spatial_factor: int, device) -> torch.Tensor:
+    """The tile's blend weights over its kept region [th*s, tw*s] (fp32): ramps only along inner edges."""
+    s, ov = spatial_factor, plan.overlap * spatial_factor
+    wy = _ramp(tile.th * s, ov if tile.y0 > 0 else 0, ov if tile.y0 + tile.th < h else 0, device)
+    wx = _ramp(tile.tw * s, ov if tile.x0 > 0 else 0, ov if tile.x0 + tile.tw < w else 0, device)
+    return wy[:, None] * wx[None, :]
+
+
+def _kept(tile: Tile, spatial_factor: int) -> tuple[slice, slice]:
+    s = spatial_factor
+    return slice(tile.y0 * s, (tile.y0 + tile.th) * s), slice(tile.x0 * s, (tile.x0 + tile.tw) * s)
+
+
 def blend_tiles(parts: Iterable[tuple[Tile, torch.Tensor]], plan: TilePlan, h: int, w: int,
                 spatial_factor: int) -> torch.Tensor:
-    """Weighted sum of decoded tiles, consumed one at a time -> [B, 3, F, 8h, 8w] in the tiles' dtype.
+    """Weighted sum of whole decoded tiles, consumed one at a time -> [B, 3, F, 8h, 8w] in the tiles' dtype.
 
     Accumulates in the tiles' dtype (bf16 on GPU: at most four terms per pixel, each weight <= 1), so a long
     video costs one output-sized buffer, not a float32 one; the ramps are complementary, so the division by
-    the summed weights only corrects rounding.
+    the summed weights only corrects rounding. (`decode_tiled` blends piece by piece instead, with the same
+    arithmetic, so both give the same frames.)
     """
-    s, ov = spatial_factor, plan.overlap * spatial_factor
     out: torch.Tensor | None = None
     weight: torch.Tensor | None = None
     for tile, part in parts:
         if out is None:
-            out = torch.zeros(*part.shape[:3], h * s, w * s, device=part.device, dtype=part.dtype)
-            weight = torch.zeros(h * s, w * s, device=part.device)
-        wy = _ramp(tile.th * s, ov if tile.y0 > 0 else 0, ov if tile.y0 + tile.th < h else 0, out.device)
-        wx = _ramp(tile.tw * s, ov if tile.x0 > 0 else 0, ov if tile.x0 + tile.tw < w else 0, out.device)
-        wt = wy[:, None] * wx[None, :]
-        ys, xs = slice(tile.y0 * s, (tile.y0 + tile.th) * s), slice(tile.x0 * s, (tile.x0 + tile.tw) * s)
+            out = torch.zeros(*part.shape[:3], h * spatial_factor, w * spatial_factor, device=part.device,
+                              dtype=part.dtype)
+            weight = torch.zeros(h * spatial_factor, w * spatial_factor, device=part.device)
+        wt = tile_weight(tile, plan, h, w, spatial_factor, out.device)
+        ys, xs = _kept(tile, spatial_factor)
         out[:, :, :, ys, xs].addcmul_(part.to(out.device), wt.to(out.dtype))  # in place: no tile-sized temporary
         weight[ys, xs] += wt
     assert out is not None and weight is not None, "no tiles"
@@ -291,9 +303,26 @@ def decode_tiled(vae: VAEDecoder, latents: torch.Tensor, plan: TilePlan) -> torc
     their blend.
     """
     z = vae.denormalize(latents)
-    h, w = z.shape[-2:]
+    b, _, t, h, w = z.shape
     tiles = tiles_of(plan, h, w)
     if len(tiles) == 1:
         return decode_frames(vae, z, plan.piece_elements)
-    parts = ((tile, decode_tile(vae, z, tile, plan)) for tile in tiles)
-    return blend_tiles(parts, plan, h, w, vae.cfg.spatial_factor)
+    s = vae.cfg.spatial_factor
+    frames = (t - 1) * vae.cfg.temporal_factor + 1
+    out = torch.zeros(b, vae.cfg.out_channels, frames, h * s, w * s, device=z.device,
+                      dtype=vae.output_proj.weight.dtype)
+    weight = torch.zeros(h * s, w * s, device=z.device)
+    for tile in tiles:
+        # Each streamed piece is blended as it comes: no tile-sized buffer of the whole video is ever held.
+        wt = tile_weight(tile, plan, h, w, s, z.device)
+        ys, xs = _kept(tile, s)
+        dy, dx = (tile.y0 - tile.ya) * s, (tile.x0 - tile.xa) * s
+        f = 0
+        for piece in decode_stream(vae, z[:, :, :, tile.ya:tile.yb, tile.xa:tile.xb], plan.piece_elements):
+            n = piece.shape[2]
+            out[:, :, f:f + n, ys, xs].addcmul_(piece[:, :, :, dy:dy + tile.th * s, dx:dx + tile.tw * s],
+                                                wt.to(out.dtype))
+            f += n
+        assert f == frames, (f, frames)
+        weight[ys, xs] += wt
+    return out.div_(weight.to(out.dtype))

@@ -101,3 +101,29 @@ def test_parallel_decode_equals_single_process_tiled_decode(vae, official_dir, w
     diff = (out.int() - ref.int()).abs()
     # Same tiles, same blend; only CPU thread counts differ, which can flip a uint8 rounding.
     assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 1e-3
+
+
+def test_piecewise_blend_equals_blending_whole_tiles_exactly(vae):
+    """decode_tiled blends each streamed piece as it comes; the spread decode blends whole tiles: same frames."""
+    from mochi_runtime.vae_tiling import blend_tiles, decode_tile
+
+    z = torch.randn(1, vae.cfg.latent_channels, 5, 12, 16, generator=torch.Generator().manual_seed(3))
+    plan = TilePlan(piece_elements=20_000, tile_h=8, tile_w=8, overlap=2, halo=1)
+    with torch.inference_mode():
+        ours = decode_tiled(vae, z, plan)
+        zd = vae.denormalize(z)
+        tiles = tiles_of(plan, 12, 16)
+        assert len(tiles) > 2
+        whole = blend_tiles(((t, decode_tile(vae, zd, t, plan)) for t in tiles), plan, 12, 16,
+                            vae.cfg.spatial_factor)
+    assert ours.shape == whole.shape and torch.equal(ours, whole)
+
+
+def test_frames_to_uint8_converts_in_chunks_onto_the_requested_device():
+    from mochi_runtime.vae import frames_to_uint8
+
+    video = torch.rand(2, 3, 19, 8, 10) * 2.4 - 1.2  # some values outside [-1, 1]
+    ref = (((video + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+    for chunk in (1, 4, 8, 64):
+        out = frames_to_uint8(video, device="cpu", chunk_frames=chunk)
+        assert out.dtype == torch.uint8 and out.shape == (2, 19, 8, 10, 3) and torch.equal(out, ref)

@@ -3,8 +3,8 @@
     python -m mochi_runtime.bench serving --model-dir /tmp/mochi-full \\
         --deployments "0,1,2,3@2x2x1" "0,1;2,3@2x1x1" --steps 6 --throughput 1,2,4 --json out.json
 
-A deployment is `GPU sets@CxUxR`: one `mochi_dit` instance per `;`-separated GPU set, each
-running the layout (cfg x ulysses x ring). For each deployment this starts the server
+A deployment is `GPU sets@CxUxR`: one worker group ("lane" of the one `mochi_dit` instance) per
+`;`-separated GPU set, each running the layout (cfg x ulysses x ring), fed by one queue. For each deployment this starts the server
 (`mochi_runtime.serving.tritonserver`, the same entry point as `make serve`) on the
 checkpoint directory with T5 and the VAE on `--aux-device`, then:
   1. warms every instance up at the benchmark's shape (compilation is not timed);
@@ -56,22 +56,9 @@ class Deployment:
         cfg, uly, ring = self.layout.split("x")
         world = int(cfg) * int(uly) * int(ring)
         return {"MOCHI_MOCHI_DIT_GPUS": ";".join(",".join(map(str, s)) for s in self.gpu_sets),
-                "MOCHI_MOCHI_DIT_CPU_WORLD": str(world),
+                "MOCHI_MOCHI_DIT_CPU_WORLD": str(world), "MOCHI_MOCHI_DIT_CPU_GROUPS": str(len(self.gpu_sets)),
                 "MOCHI_MOCHI_DIT_CFG_PARALLEL": "true" if cfg == "2" else "false",
                 "MOCHI_MOCHI_DIT_ULYSSES": uly, "MOCHI_MOCHI_DIT_RING": ring}
-
-
-def repository_for(deployment: Deployment, work: Path) -> Path:
-    """The model repository with mochi_dit's instance count set to the number of GPU sets."""
-    from ..serving.tritonserver import REPO_ROOT
-
-    repo = work / "model_repository"
-    shutil.copytree(REPO_ROOT / "model_repository", repo, ignore=shutil.ignore_patterns("__pycache__"))
-    cfg = repo / "mochi_dit" / "config.pbtxt"
-    text = cfg.read_text()
-    assert "kind: KIND_MODEL count: 1" in text, "mochi_dit config changed: update the benchmark"
-    cfg.write_text(text.replace("kind: KIND_MODEL count: 1", f"kind: KIND_MODEL count: {len(deployment.gpu_sets)}"))
-    return repo
 
 
 def _knobs(a) -> dict:
@@ -123,10 +110,10 @@ def serve_and_measure(dep: Deployment, a, work: Path) -> dict:
     env.update({"MOCHI_T5_ENCODER_DEVICE": a.aux_device, "MOCHI_VAE_DECODER_DEVICE": a.aux_device,
                 "MOCHI_VAE_DECODER_ENCODE_MP4": "true" if a.mp4 else "false",
                 "MOCHI_MOCHI_DIT_MAX_QUEUE": "16", "MOCHI_MOCHI_STREAM_MAX_CONCURRENT": "8"})
-    cfg = ServerConfig(model_repository=repository_for(dep, work), model_dir=a.model_dir,
+    cfg = ServerConfig(model_dir=a.model_dir,
                        http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                        work_dir=work / "server", extra_env=env, extra_args=list(a.server_arg))
-    out: dict = {"deployment": dep.name, "instances": len(dep.gpu_sets), "layout": dep.layout}
+    out: dict = {"deployment": dep.name, "lanes": len(dep.gpu_sets), "layout": dep.layout}
     t0 = time.perf_counter()
     server = TritonServer(cfg).start()
     try:
@@ -140,7 +127,7 @@ def serve_and_measure(dep: Deployment, a, work: Path) -> dict:
             _t5(grpc_mod, smoke, PROMPT)
         finally:
             smoke.close()
-        # 1. warm-up at the benchmark's shape, one request per instance at once (compiles every instance)
+        # 1. warm-up at the benchmark's shape, one request per lane at once (compiles every group)
         tw = time.perf_counter()
         warm = closed_loop(lambda i: _generate_once(url, steps=1, seed=i, **knobs),
                            len(dep.gpu_sets), len(dep.gpu_sets))

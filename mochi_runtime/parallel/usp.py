@@ -120,7 +120,7 @@ class USPJointAttention:
         block_len = q_x.shape[2]
         out_x = torch.empty_like(q_x)
         out_y = torch.zeros_like(q_y)
-        for sel, idx in self.text_groups(y_mask):
+        for sel, idx, _ in self.text_groups(y_mask):
             q = torch.cat([q_x[sel], q_y[sel][:, :, idx]], dim=2)
             # Stacked only when it travels round the ring (one P2P message); the text K/V never travels.
             kv = torch.stack([k_x[sel], v_x[sel]]) if g.layout.ring > 1 else (k_x[sel], v_x[sel])

@@ -1,10 +1,12 @@
-"""The DiT serving engine: a worker group driven from its own thread, with a bounded queue.
+"""The DiT serving engine: worker groups driven from their own threads, with one bounded queue.
 
 The Triton `mochi_dit` adapter hands each request to `submit` and returns at
-once (the response is sent when the job ends); the engine thread runs
-generations one at a time on the group, publishes progress per step (long-poll
-waiters by generation id), honours cancellation at step boundaries, and
-respawns the group if a worker dies.
+once (the response is sent when the job ends). Each worker group (a "lane": one
+GPU set, e.g. "0,1" of "0,1;2,3") has a thread that takes the next queued job
+as soon as its group is free, so the queue is work-conserving across lanes and
+one engine knows every generation: progress long-polls (by generation id),
+cancellation at step boundaries and draining reach whichever lane runs it. A
+lane whose worker dies respawns its own group.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..parallel import Cancelled, GroupSpec, WorkerGroup, WorkerGroupError
 from ..text_encoder import TextEmbedding
@@ -43,18 +45,39 @@ class Job:
         return self.timeout_s is not None and time.monotonic() - self.submitted > self.timeout_s
 
 
+class Lane:
+    """One worker group and what the engine knows about it."""
+
+    def __init__(self, index: int, spec: GroupSpec) -> None:
+        self.index, self.spec = index, spec
+        self.group = WorkerGroup(spec)
+        self.restart_error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+
 class DiTEngine:
-    def __init__(self, spec: GroupSpec, max_queue: int = 8,
+    def __init__(self, spec: GroupSpec | Sequence[GroupSpec], max_queue: int = 8,
                  on_restart: Callable[[], None] | None = None,
                  on_steps: Callable[[int], None] | None = None,
                  on_queue: Callable[[int, float | None], None] | None = None) -> None:
-        """on_queue(depth, waited_s) after every enqueue (waited_s None) and dequeue (how long the job waited):
+        """spec: one group, or one per lane (each its own GPU set).
+
+        on_queue(depth, waited_s) after every enqueue (waited_s None) and dequeue (how long the job waited):
         the queue-time signal an autoscaler needs."""
-        self.spec = spec
+        specs = [spec] if isinstance(spec, GroupSpec) else list(spec)
+        if not specs:
+            raise ValueError("the DiT engine needs at least one worker group")
         self.on_restart = on_restart
         self.on_steps = on_steps
         self.on_queue = on_queue
-        self.group = WorkerGroup(spec)
+        self.lanes: list[Lane] = []
+        try:
+            for i, s in enumerate(specs):
+                self.lanes.append(Lane(i, s))
+        except BaseException:
+            for lane in self.lanes:
+                lane.group.close(timeout=5)
+            raise
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
@@ -64,9 +87,15 @@ class DiTEngine:
         self._reaper = threading.Thread(target=self._reap, name="mochi-dit-progress", daemon=True)
         self._closing = threading.Event()
         self._reaper.start()
-        self._restart_error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="mochi-dit-engine", daemon=True)
-        self._thread.start()
+        for lane in self.lanes:
+            lane.thread = threading.Thread(target=self._run, args=(lane,), name=f"mochi-dit-lane-{lane.index}",
+                                           daemon=True)
+            lane.thread.start()
+
+    @property
+    def group(self) -> WorkerGroup:
+        """The first lane's group (the only one in a one-lane engine)."""
+        return self.lanes[0].group
 
     # -- requests --------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -135,7 +164,7 @@ class DiTEngine:
                         self._progress.pop(k, None)
 
     # -- engine thread ---------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, lane: Lane) -> None:
         while True:
             job = self._queue.get()
             if job is not None and self.on_queue is not None:
@@ -145,8 +174,8 @@ class DiTEngine:
                     self._refuse(job)
                 return
             try:
-                self._execute(job)
-            except BaseException as e:  # the engine thread must outlive any one job
+                self._execute(job, lane)
+            except BaseException as e:  # the lane thread must outlive any one job
                 log.exception("DiT engine: job failed outside the group")
                 try:
                     job.on_error(e)
@@ -155,7 +184,7 @@ class DiTEngine:
             finally:
                 self._forget(job)
 
-    def _execute(self, job: Job) -> None:
+    def _execute(self, job: Job, lane: Lane) -> None:
         if job.cancelled():
             job.on_error(Cancelled("cancelled while queued"))
             return
@@ -174,18 +203,18 @@ class DiTEngine:
             if job.timed_out():
                 raise RequestTimeout(f"request timeout of {job.timeout_s:g} s reached after step {i} of {total}")
 
-        if not self.group.alive():
-            self._restart()
-            if not self.group.alive():
-                job.on_error(WorkerGroupError(f"DiT worker group is down and could not be restarted: "
-                                              f"{self._restart_error}"))
+        if not lane.group.alive():
+            self._restart(lane)
+            if not lane.group.alive():
+                job.on_error(WorkerGroupError(f"DiT worker group {lane.index} is down and could not be restarted: "
+                                              f"{lane.restart_error}"))
                 return
         try:
-            latents = self.group.denoise(job.request, job.cond, job.uncond, on_step)
+            latents = lane.group.denoise(job.request, job.cond, job.uncond, on_step)
         except WorkerGroupError as e:
-            log.error("DiT worker group failed: %s", e)
+            log.error("DiT worker group %d failed: %s", lane.index, e)
             job.on_error(e)
-            self._restart()
+            self._restart(lane)
             return
         except BaseException as e:  # Cancelled, or a callback error
             if isinstance(e, Cancelled) and self._closing.is_set():
@@ -194,19 +223,19 @@ class DiTEngine:
             return
         job.on_done(latents)
 
-    def _restart(self) -> None:
+    def _restart(self, lane: Lane) -> None:
         try:
-            self.group.close(timeout=5)
+            lane.group.close(timeout=5)
         except Exception:
             pass
-        log.warning("respawning the DiT worker group")
+        log.warning("respawning DiT worker group %d", lane.index)
         try:
-            self.group = WorkerGroup(self.spec)
+            lane.group = WorkerGroup(lane.spec)
         except Exception as e:  # stays down; the next job tries again and fails with this reason
-            log.error("DiT worker group restart failed: %s", e)
-            self._restart_error = e
+            log.error("DiT worker group %d restart failed: %s", lane.index, e)
+            lane.restart_error = e
             return
-        self._restart_error = None
+        lane.restart_error = None
         if self.on_restart is not None:
             self.on_restart()
 
@@ -229,15 +258,21 @@ class DiTEngine:
             if job is not None:
                 self._refuse(job)
                 answered += 1
-        self.group.cancel()
+        for lane in self.lanes:
+            lane.group.cancel()
         return answered
 
     def close(self, timeout: float = 30.0) -> None:
         """drain(), then let the thread exit and join the workers (all bounded by timeout)."""
         self.drain()
-        try:
-            self._queue.put(None, timeout=1.0)
-        except queue.Full:  # a submit raced the drain; the thread sees _closing after its current job
-            pass
-        self._thread.join(timeout)
-        self.group.close(timeout)
+        for _ in self.lanes:  # one stop marker per lane thread
+            try:
+                self._queue.put(None, timeout=1.0)
+            except queue.Full:  # a submit raced the drain; the thread sees _closing after its current job
+                pass
+        deadline = time.monotonic() + timeout
+        for lane in self.lanes:
+            if lane.thread is not None:
+                lane.thread.join(max(0.0, deadline - time.monotonic()))
+        for lane in self.lanes:
+            lane.group.close(max(1.0, deadline - time.monotonic()))

@@ -3,6 +3,7 @@
 The stub process never initialises CUDA: the workers are spawned and own the GPUs.
 """
 import dataclasses
+import json
 import threading
 import time
 
@@ -54,6 +55,23 @@ def instance_index(args) -> int:
         return 0
 
 
+def lane_devices(p, args) -> list[tuple[int, ...] | None]:
+    """GPU sets (`;`-separated) this instance drives, one worker group (lane) each; [None] * cpu_groups on CPU.
+
+    With one instance (the default) every set is a lane of it: one queue feeds whichever group is free, and
+    control requests see every generation. With `count: N` instance i takes sets i, i+N, ...
+    """
+    sets = [tuple(int(d) for d in s.split(",")) for s in (p.get("gpus") or "").split(";") if s.strip()]
+    if not sets:
+        return [None] * max(1, int(p.get("cpu_groups") or 1))
+    cfg = json.loads(args["model_config"])
+    count = sum(int(g.get("count", 1)) for g in cfg.get("instance_group", [])) or 1
+    mine = sets[instance_index(args)::count]
+    if not mine:
+        raise ValueError(f"instance {instance_index(args)} of {count} has no GPU set in gpus={p['gpus']!r}")
+    return mine
+
+
 class TritonPythonModel:
     def initialize(self, args):
         p = A.model_params(args)
@@ -62,14 +80,9 @@ class TritonPythonModel:
         self.request_timeout = float(p.get("request_timeout_s") or 0)
         layout = Layout(2 if p.get("cfg_parallel", "").lower() in ("1", "true", "yes") else 1,
                         int(p.get("ulysses") or 1), int(p.get("ring") or 1))
-        gpu_sets = [s for s in (p.get("gpus") or "").split(";") if s.strip()]
-        devices = None
-        if gpu_sets:
-            idx = instance_index(args)
-            if idx >= len(gpu_sets):
-                raise ValueError(f"instance {idx} has no GPU set in gpus={p['gpus']!r}")
-            devices = tuple(int(d) for d in gpu_sets[idx].split(","))
-        elif int(p.get("cpu_world") or layout.world) != layout.world:
+        lanes = lane_devices(p, args)
+        devices = lanes[0]
+        if devices is None and int(p.get("cpu_world") or layout.world) != layout.world:
             raise ValueError(f"cpu_world {p.get('cpu_world')} != {layout.describe()}")
         md_path = A.model_dir(p)
         dit_cfg = open_model_dir(md_path).dit_config()
@@ -93,8 +106,8 @@ class TritonPythonModel:
             self._fams.append(fam)
             setattr(self, f"m_{name}", m)
         self.engine = DiTEngine(
-            GroupSpec(layout, md_path, devices, p.get("dtype") or "auto", p.get("attention") or "auto",
-                      weights=weights, shard_over=p.get("shard_over") or "world"),
+            [GroupSpec(layout, md_path, lane, p.get("dtype") or "auto", p.get("attention") or "auto",
+                       weights=weights, shard_over=p.get("shard_over") or "world") for lane in lanes],
             max_queue=int(p.get("max_queue") or 8),
             on_restart=lambda: self.m_restarts.increment(1),
             on_steps=self.m_steps.increment,

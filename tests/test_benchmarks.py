@@ -1,0 +1,115 @@
+"""The benchmark harnesses themselves: FLOP accounting, kernel categories, the load driver, and the
+serving benchmark end to end on CPU (a real tritonserver against the in-process runtime)."""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from client.loadtest import closed_loop
+from mochi_runtime.bench.serving import Deployment, step_intervals
+from mochi_runtime.bench.step import categorise, step_flops
+from mochi_runtime.config import get_preset
+from mochi_runtime.dit import AsymmDiT
+
+
+def test_step_flops_match_the_published_per_sample_counts():
+    cfg = get_preset("mochi-1-preview").dit
+    visual_only = step_flops(cfg, 14310, 0, batch=1)
+    assert visual_only["linear"] / 1e12 == pytest.approx(155.6, abs=0.05)  # mochi-facts: visual linears, 49 f
+    joint = step_flops(cfg, 14310, 256, batch=1)
+    assert joint["attention"] / 1e12 == pytest.approx(125.1, abs=0.05)  # joint attention, 49 f
+    long = step_flops(cfg, 44520, 256, batch=1)
+    assert long["attention"] / 1e12 == pytest.approx(1182.6, abs=0.1)  # 163 f
+    assert step_flops(cfg, 14310, 256)["linear"] == 2 * joint["linear"]  # a CFG step is batch 2
+
+
+@pytest.mark.parametrize("name,category", [
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16", "attention"),
+    ("nvjet_tst_256x128_64x4_2x1_v_bz_coopA_TNT", "matmul"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64", "matmul"),
+    ("triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0", "pointwise (triton)"),
+    ("void at::native::(anonymous namespace)::CatArrayBatchedCopy<int>", "copies"),
+    ("ncclDevKernel_SendRecv", "communication"),
+])
+def test_kernel_names_fall_into_their_categories(name, category):
+    assert categorise(name) == category
+
+
+def test_closed_loop_keeps_concurrency_requests_in_flight_and_counts_errors():
+    live, peak = [0], [0]
+    lock = threading.Lock()
+
+    def send(i):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.05)
+        with lock:
+            live[0] -= 1
+        if i == 3:
+            raise RuntimeError("boom")
+
+    r = closed_loop(send, concurrency=3, requests=9)
+    assert peak[0] == 3
+    assert r["ok"] == 8 and len(r["errors"]) == 1 and "boom" in r["errors"][0]
+    assert 0.04 <= r["p50_s"] <= r["p99_s"] < 1.0
+    assert r["requests_per_hour"] > 0
+
+
+def test_deployment_spec_and_step_intervals():
+    d = Deployment.parse("0,1;2,3@2x1x1")
+    assert d.gpu_sets == ((0, 1), (2, 3)) and d.env()["MOCHI_MOCHI_DIT_GPUS"] == "0,1;2,3"
+    assert d.env()["MOCHI_MOCHI_DIT_CFG_PARALLEL"] == "true"
+    assert Deployment.parse("cpu@1x2x1").env()["MOCHI_MOCHI_DIT_CPU_WORLD"] == "2"
+    assert step_intervals([0.0, 5.0, 6.0, 7.5]) == [1.0, 1.5]  # the first step (start-up) is dropped
+
+
+def test_serving_benchmark_on_cpu_matches_the_in_process_runtime(tmp_path, official_dir, monkeypatch):
+    """The GPU benchmark's own code path, run on the tiny checkpoint: a real server, the ensemble, the stream,
+    mochi_dit's latents against WorkerGroup's, and the closed-loop load."""
+    from mochi_runtime.bench.serving import main
+
+    out = tmp_path / "serving.json"
+    monkeypatch.setattr(sys, "argv", ["serving"])
+    assert main(["--model-dir", str(official_dir), "--deployments", "cpu@1x2x1", "--aux-device", "cpu",
+                 "--frames", "13", "--height", "64", "--width", "96", "--steps", "4", "--throughput", "2",
+                 "--load-steps", "2", "--requests-per-client", "1", "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    row = rec["results"][0]
+    assert row["latents_equal"] and row["latents_max_abs_vs_in_process"] == 0.0
+    assert row["in_process_repeat"]["equal"]
+    assert row["ensemble_frames"] == [13, 64, 96, 3] == row["stream_frames"]
+    assert row["stream_progress_messages"] == 4
+    assert row["triton_step_ms"] > 0 and row["in_process_step_ms"] > 0
+    assert row["load"][0]["ok"] == 2 and not row["load"][0]["errors"]
+
+
+def test_client_encodes_the_mp4_itself_when_the_server_sends_none(tmp_path):
+    from client.api import GenerationResult
+    from mochi_runtime.video import probe_mp4
+
+    frames = np.random.default_rng(0).integers(0, 255, (7, 32, 48, 3), dtype=np.uint8)
+    path = GenerationResult(frames, b"").save(str(tmp_path / "v.mp4"))
+    n, h, w, _ = probe_mp4(path)
+    assert (n, h, w) == (7, 32, 48)
+
+
+def test_load_benchmark_writes_a_checkpoint_the_serving_loaders_read(tmp_path, monkeypatch):
+    """bench load writes every part of a model directory (dit, decoder, T5 encoder, tokenizer) and loads each
+    back in a fresh process through the serving path's loaders (tiny sizes here; mochi-1-preview on a GPU)."""
+    from mochi_runtime.bench.load import main
+    from mochi_runtime.checkpoints import ModelDir
+
+    out = tmp_path / "load.json"
+    monkeypatch.setattr(sys, "argv", ["load"])
+    assert main(["--dir", str(tmp_path / "ckpt"), "--preset", "tiny", "--device", "cpu", "--json", str(out)]) == 0
+    rows = {r["part"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"dit", "vae", "t5"} and not any("error" in r for r in rows.values())
+    tiny = get_preset("tiny")
+    assert rows["dit"]["params"] == sum(p.numel() for p in AsymmDiT(tiny.dit).parameters())
+    assert ModelDir.open(tmp_path / "ckpt").layout == "official"
