@@ -32,13 +32,14 @@ GATHERED_BLOCKS = 3
 
 
 @lru_cache(maxsize=8)
-def _param_counts(cfg: DiTConfig) -> tuple[int, int]:
-    """(all parameters, parameters of the largest block), counted on the meta device once per config
-    (requests are checked against it one by one)."""
+def _param_counts(cfg: DiTConfig) -> tuple[int, int, int]:
+    """(all parameters, parameters of the largest block, weights of the blocks' linears: what fp8 stores in one
+    byte), counted on the meta device once per config (requests are checked against it one by one)."""
     with torch.device("meta"):
         dit = AsymmDiT(cfg)
     block = max(sum(p.numel() for p in b.parameters()) for b in dit.blocks)
-    return sum(p.numel() for p in dit.parameters()), block
+    linear = sum(m.weight.numel() for m in dit.blocks.modules() if isinstance(m, torch.nn.Linear))
+    return sum(p.numel() for p in dit.parameters()), block, linear
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,13 @@ class DiTMemoryModel:
     shard_ranks: int = 1  # ranks the weights are sharded over (world or sp)
     dtype_bytes: int = 2
     gpu: bool = True
+    fp8: bool = False  # block linears in e4m3 (one byte each, plus a scale per output row)
 
     def weight_bytes(self) -> int:
         """Weights resident on each GPU (the shard, when sharded)."""
-        total, _ = _param_counts(self.cfg)
+        total, _, linear = _param_counts(self.cfg)
+        if self.fp8:
+            return (total - linear) * self.dtype_bytes + linear
         if self.weights == "sharded":
             return math.ceil(total / self.shard_ranks) * self.dtype_bytes
         return total * self.dtype_bytes

@@ -110,3 +110,14 @@ def test_pipeline_plan_prefers_speed_and_falls_back_to_shards_then_offload():
         plan_pipeline(9 * GIB, four, _req(49), t5, vae)
     with pytest.raises(RequestError, match="memory budget"):
         plan_pipeline(24 * GIB, DiTMemoryModel(FULL), _req(49), t5, vae)  # one 24 GB GPU: the DiT alone is 18.7
+
+
+def test_fp8_weight_estimate_matches_the_measured_fp8_dit():
+    """bench step measured the fp8 DiT's resident weights at 9.44 GiB (docs/bench/step_49f_h200.json): the
+    model counts one byte per block-linear weight and the rest in bf16."""
+    rec = json.loads((Path(__file__).resolve().parents[1] / "docs/bench/step_49f_h200.json").read_text())
+    measured = next(r["weights_gib"] for r in rec["results"] if r["mode"] == "fp8")
+    bf16 = DiTMemoryModel(get_preset("mochi-1-preview").dit)
+    fp8 = DiTMemoryModel(get_preset("mochi-1-preview").dit, fp8=True)
+    assert fp8.weight_bytes() / 2**30 == pytest.approx(measured, abs=0.05)
+    assert fp8.weight_bytes() < 0.51 * bf16.weight_bytes()

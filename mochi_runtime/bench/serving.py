@@ -3,11 +3,12 @@
     python -m mochi_runtime.bench serving --model-dir /tmp/mochi-full \\
         --deployments "0,1,2,3@2x2x1" "0,1;2,3@2x1x1" --steps 6 --throughput 1,2,4 --json out.json
 
-A deployment is `GPU sets@CxUxR`: one worker group ("lane" of the one `mochi_dit` instance) per
-`;`-separated GPU set, each running the layout (cfg x ulysses x ring), fed by one queue. For each deployment this starts the server
-(`mochi_runtime.serving.tritonserver`, the same entry point as `make serve`) on the
+A deployment is `GPU sets@CxUxR`: one worker group (a "lane" of the one `mochi_dit` instance)
+per `;`-separated GPU set, each running the layout (cfg x ulysses x ring), all fed by one queue;
+`cpu@CxUxR` runs CPU processes (a smoke run of the tiny model). For each deployment this starts
+the server (`mochi_runtime.serving.tritonserver`, the same entry point as `make serve`) on the
 checkpoint directory with T5 and the VAE on `--aux-device`, then:
-  1. warms every instance up at the benchmark's shape (compilation is not timed);
+  1. warms every lane up at the benchmark's shape (compilation is not timed);
   2. sends t5_encoder the prompt and mochi_dit the embeddings with a seed -> LATENTS;
   3. runs one request through the `mochi` ensemble and one through `mochi_stream`,
      recording when each per-step progress message arrives (step latency inside Triton);

@@ -35,7 +35,8 @@ def plan_weights(p, dit_cfg, layout, devices, limits):
     dtype = p.get("dtype") or "auto"
     dtype_bytes = 4 if dtype == "fp32" or (dtype == "auto" and not devices) else 2
     model = DiTMemoryModel(dit_cfg, layout.cfg, layout.ulysses, layout.ring, weights,
-                           layout.world if over == "world" else layout.sp, dtype_bytes, gpu=bool(devices))
+                           layout.world if over == "world" else layout.sp, dtype_bytes, gpu=bool(devices),
+                           fp8=dtype == "fp8")
     if weights == "auto":
         height = min(480, limits.max_pixels // 16 // 16 * 16)  # the largest request the caps allow
         width = max(16, limits.max_pixels // height // 16 * 16)
