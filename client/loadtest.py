@@ -1,6 +1,10 @@
-"""Load test the `mochi` ensemble with perf_analyzer (count windows) and write its CSV.
+"""Load test the `mochi` ensemble and write a perf_analyzer-style CSV.
 
-    python -m client.loadtest --url 127.0.0.1:8001 --concurrency 1:4 --requests 8 --csv out.csv
+    python -m client.loadtest --url 127.0.0.1:8001 --concurrency 1:4 --requests 8 --csv out.csv [--driver python]
+
+The default driver is perf_analyzer (count windows). `--driver python` runs the same closed loop from
+Python threads through the client API (for machines where the perf_analyzer binary cannot run, e.g.
+glibc < 2.38); it writes the same CSV columns (Concurrency, Inferences/Second, p50/p99 latency in us).
 
 perf_analyzer ships in the tritonclient 2.51 wheel; on machines without CUDA it
 needs libb64 and libcudart, which the nvidia-pytriton wheel carries under hashed
@@ -111,6 +115,46 @@ def closed_loop(send: Callable[[int], object], concurrency: int, requests: int) 
             "p50_s": pct(0.50), "p99_s": pct(0.99)}
 
 
+def concurrency_levels(spec: str) -> list[int]:
+    """perf_analyzer's "start:end[:step]" (or one number) as a list."""
+    parts = [int(p) for p in spec.split(":")]
+    start, end, step = parts[0], parts[1] if len(parts) > 1 else parts[0], parts[2] if len(parts) > 2 else 1
+    if start < 1 or end < start or step < 1:
+        raise ValueError(f"concurrency must be start:end[:step] with 1 <= start <= end, got {spec!r}")
+    return list(range(start, end + 1, step))
+
+
+def run_python(url: str, protocol: str = "grpc", concurrency: str = "1:2", requests: int = 4,
+               inputs: str | Path = DEFAULT_INPUTS, csv_path: str | Path = "perf.csv") -> list[dict[str, str]]:
+    """The closed loop through MochiClient.generate over the inputs file's requests, cycled."""
+    import json
+
+    from .api import MochiClient
+
+    data = json.loads(Path(inputs).read_text())["data"]
+    names = {"NUM_FRAMES": "frames", "HEIGHT": "height", "WIDTH": "width", "STEPS": "steps", "GUIDANCE": "guidance",
+             "SEED": "seed"}
+
+    def send(i: int) -> None:
+        entry = data[i % len(data)]
+        knobs = {names[k]: v[0] for k, v in entry.items() if k in names}
+        with MochiClient(url, protocol) as c:
+            c.generate(entry["PROMPT"][0], (entry.get("NEGATIVE_PROMPT") or [None])[0], **knobs)
+
+    rows = []
+    for level in concurrency_levels(concurrency):
+        r = closed_loop(send, level, max(requests, level))
+        if r["errors"]:
+            raise RuntimeError(f"{len(r['errors'])} requests failed at concurrency {level}: {r['errors'][0]}")
+        rows.append({"Concurrency": str(level), "Inferences/Second": f"{r['requests_per_hour'] / 3600:.6f}",
+                     "p50 latency": str(int(r["p50_s"] * 1e6)), "p99 latency": str(int(r["p99_s"] * 1e6))})
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
 def parse_csv(path: str | Path) -> list[dict[str, str]]:
     """Rows of perf_analyzer's CSV, by concurrency (the file itself is ordered by throughput)."""
     with open(path, newline="") as f:
@@ -126,8 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=4, help="requests per count window")
     ap.add_argument("--inputs", default=str(DEFAULT_INPUTS))
     ap.add_argument("--csv", default="perf.csv")
+    ap.add_argument("--driver", default="perf_analyzer", choices=["perf_analyzer", "python"])
     a = ap.parse_args(argv)
-    rows = run(a.url, a.model, a.protocol, a.concurrency, a.requests, a.inputs, a.csv)
+    if a.driver == "python":
+        if a.model != "mochi":
+            ap.error("--driver python drives the mochi ensemble")
+        rows = run_python(a.url, a.protocol, a.concurrency, a.requests, a.inputs, a.csv)
+    else:
+        rows = run(a.url, a.model, a.protocol, a.concurrency, a.requests, a.inputs, a.csv)
     for r in rows:
         print(f"concurrency {r['Concurrency']}: {float(r['Inferences/Second']) * 3600:.0f} requests/hour, "
               f"p50 {int(r['p50 latency']) / 1e6:.2f} s, p99 {int(r['p99 latency']) / 1e6:.2f} s")

@@ -189,6 +189,19 @@ def test_perf_analyzer_csv(server, tmp_path):
         assert int(r["p50 latency"]) > 0 and int(r["p99 latency"]) >= int(r["p50 latency"])
 
 
+def test_python_load_driver_writes_the_same_csv_columns(server, tmp_path):
+    from client.loadtest import main, parse_csv
+
+    csv_path = tmp_path / "py.csv"
+    assert main(["--url", server.grpc_url, "--driver", "python", "--concurrency", "1:2", "--requests", "2",
+                 "--csv", str(csv_path)]) == 0
+    rows = parse_csv(csv_path)
+    assert [int(r["Concurrency"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert float(r["Inferences/Second"]) > 0
+        assert int(r["p50 latency"]) > 0 and int(r["p99 latency"]) >= int(r["p50 latency"])
+
+
 def test_make_demo_writes_the_mp4(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py")], capture_output=True, text=True,
                           timeout=600, cwd=ROOT)

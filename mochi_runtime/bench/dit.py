@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default="replicated",
                     help="comma list of DiT weight modes to time per layout: replicated, sharded (FSDP2 over the "
                          "world), sharded-sp (FSDP2 within each CFG half); '@N' prefetches N blocks (sharded@2)")
+    ap.add_argument("--profile", action="store_true",
+                    help="with --layouts: rank 0's GPU kernel time per category for one step of each layout")
     ap.add_argument("--gpu-budget-gib", type=float, default=None,
                     help="cap each rank's allocator at this many GiB (torch.cuda.set_per_process_memory_fraction)")
     a = ap.parse_args(argv)
@@ -145,13 +147,14 @@ def main_parallel(a: argparse.Namespace) -> int:
             raise SystemExit(f"--gpus {a.gpus} != world of {layouts[0].describe()}")
     opts = {"preset": a.preset, "frames": a.frames, "height": a.height, "width": a.width,
             "cond_tokens": a.cond_tokens, "attention": a.attention, "compile": not a.no_compile,
-            "warmup": a.warmup, "iters": a.iters, "weights": "replicated", "budget_gib": a.gpu_budget_gib}
+            "warmup": a.warmup, "iters": a.iters, "weights": "replicated", "budget_gib": a.gpu_budget_gib,
+            "profile": a.profile}
     modes = [m for m in a.weights.split(",") if m]
     base = run_layout(Layout(1, 1, 1), opts)
     print(f"1 GPU: {base['ms']:.1f} ms/step", flush=True)
     rows = [{"layout": "1x1x1", "gpus": 1, "weights": "replicated", "ms_per_cfg_step": round(base["ms"], 1),
              "speedup": 1.0, "rel_err_vs_1gpu": 0.0, "peak_gib_per_gpu": [round(p, 2) for p in base["peak_gib"]],
-             "weight_gib_per_gpu": [round(p, 2) for p in base["weight_gib"]]}]
+             "weight_gib_per_gpu": [round(p, 2) for p in base["weight_gib"]], "profile_rank0": base.get("profile")}]
     for lay in layouts:
         for mode in modes:
             if mode.startswith("sharded-sp") and lay.cfg == 1:
@@ -170,7 +173,9 @@ def main_parallel(a: argparse.Namespace) -> int:
                          "ms_per_cfg_step": round(r["ms"], 1), "speedup": round(base["ms"] / r["ms"], 3),
                          "rel_err_vs_1gpu": err, "peak_gib_per_gpu": [round(p, 2) for p in r["peak_gib"]],
                          "weight_gib_per_gpu": [round(p, 2) for p in r["weight_gib"]],
-                         "all_ms": [round(t, 1) for t in r["all_ms"]]})
+                         "all_ms": [round(t, 1) for t in r["all_ms"]], "profile_rank0": r.get("profile")})
+            if r.get("profile"):
+                print(f"{lay.describe()} {mode} rank 0 kernels: {r['profile']['by_category_ms']}", flush=True)
             print(f"{lay.describe()} {mode}: {r['ms']:.1f} ms/step, {base['ms'] / r['ms']:.2f}x, rel err {err:.2e}",
                   flush=True)
     print_table(rows, ["layout", "gpus", "weights", "ms_per_cfg_step", "speedup", "rel_err_vs_1gpu",

@@ -54,8 +54,17 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
             with torch.inference_mode():
                 ms, all_ms = time_cuda(lambda: velocity(z, 0.7), opts["warmup"], opts["iters"])
                 v = velocity(z, 0.7)
+                profile = None
+                if opts.get("profile") and gpu:  # every rank runs the step twice (collectives); rank 0 records
+                    if rank == 0:
+                        from .step import profile_step
+
+                        profile = profile_step(lambda: velocity(z, 0.7))
+                    else:
+                        velocity(z, 0.7)
+                        velocity(z, 0.7)
         except torch.OutOfMemoryError as e:  # the same on every rank: the layout does not fit the budget
-            error, ms, all_ms, v = f"out of memory: {str(e).splitlines()[0]}", 0.0, [], None
+            error, ms, all_ms, v, profile = f"out of memory: {str(e).splitlines()[0]}", 0.0, [], None, None
         peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else 0.0
         peaks, weights_gib = [None] * layout.world, [None] * layout.world
         dist.all_gather_object(peaks, peak, group=groups.control)
@@ -65,7 +74,7 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
                 out_q.put({"error": error, "peak_gib": peaks, "weight_gib": weights_gib})
             else:
                 out_q.put({"ms": ms, "all_ms": all_ms, "peak_gib": peaks, "weight_gib": weights_gib,
-                           "v": v.float().cpu().numpy()})
+                           "v": v.float().cpu().numpy(), "profile": profile})
         dist.barrier(group=groups.control)
     finally:
         dist.destroy_process_group()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import statistics
 import tempfile
@@ -223,8 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mp4", action="store_true", help="have vae_decoder encode mp4 (needs PyAV on the server)")
     ap.add_argument("--start-timeout", type=float, default=900)
     ap.add_argument("--server-arg", action="append", default=[], help="extra tritonserver flag (repeatable)")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="TORCHINDUCTOR_DETERMINISTIC=1 for the server's and the in-process workers: inductor "
+                         "then picks kernel configs without timing them, so separate processes round alike")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
+    if a.deterministic:  # read by every worker process at import (the server's inherit this environment)
+        os.environ["TORCHINDUCTOR_DETERMINISTIC"] = "1"
     rows = []
     for text in a.deployments:
         dep = Deployment.parse(text)
@@ -258,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     write_record(a.json, "serving", rows, None, {
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "steps": a.steps,
                   "load_steps": a.load_steps, "guidance": a.guidance},
-        "aux_device": a.aux_device, "model_dir": a.model_dir,
+        "aux_device": a.aux_device, "model_dir": a.model_dir, "deterministic": a.deterministic,
         "baseline_note": "in_process_* fields: the same layout run by WorkerGroup in this process after the server "
                          "stopped, same machine, same call",
     }, subcommand="serving")

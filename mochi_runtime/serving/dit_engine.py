@@ -97,6 +97,30 @@ class DiTEngine:
         """The first lane's group (the only one in a one-lane engine)."""
         return self.lanes[0].group
 
+    def warm_up(self, request: GenerationRequest, cond: TextEmbedding, uncond: TextEmbedding,
+                timeout: float = 600.0) -> None:
+        """Run `request` once on every lane at the same time (compiles and allocates on each group), before any
+        job is submitted; raises the first failure."""
+        errors: list[BaseException] = []
+
+        def run(lane: Lane) -> None:
+            try:
+                lane.group.denoise(request, cond, uncond)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(lane,), name=f"mochi-dit-warmup-{lane.index}")
+                   for lane in self.lanes]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in threads):
+            raise TimeoutError(f"DiT warm-up did not finish in {timeout:g} s")
+        if errors:
+            raise errors[0]
+
     # -- requests --------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
         if self._closing.is_set():

@@ -4,7 +4,6 @@ The stub process never initialises CUDA: the workers are spawned and own the GPU
 """
 import dataclasses
 import json
-import threading
 import time
 
 import numpy as np
@@ -122,16 +121,15 @@ class TritonPythonModel:
             self.m_queue_wait.observe(waited_s)
 
     def _warm_up(self):
-        """One 1-step generation at the smallest size, so the first user request pays no start-up cost."""
-        done = threading.Event()
-        err = []
+        """One 1-step generation at the smallest size on every worker group, so no user request pays for
+        start-up."""
         z = TextEmbedding(torch.zeros(1, 4, self.feat_dim), torch.ones(1, 4, dtype=torch.bool))
         req = GenerationRequest("warm-up", num_frames=7, height=32, width=32, steps=1)
-        self.engine.submit(Job(req, z, z, lambda _: done.set(),
-                               lambda e: (err.append(e), done.set())))
-        done.wait(600)
-        if err:
-            raise RuntimeError(f"DiT warm-up failed: {err[0]}")
+        try:
+            self.engine.warm_up(req, z, z)
+        except BaseException as e:
+            self.engine.close(self.stop_timeout)  # no workers left behind by a model that failed to load
+            raise RuntimeError(f"DiT warm-up failed: {e}") from e
 
     def _control(self, request, sender) -> bool:
         """CANCEL, PROGRESS_OF and DRAIN requests; True when the request was one of them."""
