@@ -184,3 +184,12 @@ def test_overridden_parameters_parse(model):
                 assert value in ("true", "false"), name
             if key == "weights":
                 assert value in ("replicated", "sharded", "auto"), name
+
+
+def test_server_refuses_to_start_its_stubs_under_numpy_2():
+    from mochi_runtime.serving.tritonserver import ServerError, check_stub_numpy
+
+    check_stub_numpy("1.26.4")
+    with pytest.raises(ServerError, match="numpy < 2"):
+        check_stub_numpy("2.5.2")
+    check_stub_numpy()  # this environment (the one make test builds) is servable

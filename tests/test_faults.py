@@ -42,7 +42,8 @@ def test_killed_stub_leaves_no_orphans_and_the_model_comes_back(tmp_path):
         os.kill(stubs[0], signal.SIGKILL)
         assert _wait(lambda: not _alive(workers), 10), f"orphaned DiT workers: {_alive(workers)}"
         assert _wait(lambda: len(srv.stub_reloads) == 1 and len(stub_pids()) == 1 and len(dit_workers()) == 2
-                     and c.ready(), 120), "mochi_dit did not come back"
+                     and c.ready(), 120), (f"mochi_dit did not come back: reloads {srv.stub_reloads}, stubs "
+                                           f"{stub_pids()}, workers {dit_workers()}\n{srv.log_tail(30)}")
         assert srv.stub_reloads == [("mochi_dit", stubs[0])]
         after = c.generate("a red fox in snow", seed=5, **SMALL)
         assert after.video.tobytes() == before.video.tobytes()

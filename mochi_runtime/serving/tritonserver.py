@@ -140,6 +140,23 @@ def server_command(binary: Path, root: Path, backends: Path, cfg: ServerConfig) 
     return cmd + cfg.extra_args
 
 
+def check_stub_numpy(version: str | None = None) -> None:
+    """Refuse to start when the python stubs would run numpy 2.
+
+    The stubs run the `python3` of this interpreter's environment (server_env puts its bin first on PATH).
+    The 2.51 stub's C++ side is built against numpy 1's ABI: under numpy 2 it hands string tensors over
+    corrupted (a stub dies with "unpack_from requires a buffer of at least ... bytes") and outputs come back
+    with wrong sizes. Seen on GPU machines whose image has numpy 2 (docs/benchmarks.md).
+    """
+    if version is None:
+        import numpy
+
+        version = numpy.__version__
+    if int(version.split(".")[0]) >= 2:
+        raise ServerError(f"numpy {version} in {sys.prefix}: the Triton 2.51 python stub needs numpy < 2 "
+                          f"(pip install 'numpy<2' into the environment that serves, or serve from one that has it)")
+
+
 def processes_in_group(pgid: int) -> list[int]:
     """Live (non-zombie) pids whose process group is `pgid`, from /proc."""
     pids = []
@@ -184,6 +201,7 @@ class TritonServer:
         return f"http://{self.cfg.host}:{self.cfg.metrics_port}/metrics"
 
     def start(self, foreground: bool = False) -> "TritonServer":
+        check_stub_numpy()
         cmd = server_command(self.binary, self.root, self.backends, self.cfg)
         env = server_env(self.root, self.cfg)
         out = None if foreground else open(self.log_path, "ab")
@@ -191,6 +209,8 @@ class TritonServer:
                                      start_new_session=True)
         self._stopping = threading.Event()
         self.stub_reloads: list[tuple[str, int]] = []
+        self._known: dict[str, set[int]] = {}  # model -> stub pids seen alive (see _supervise_stubs)
+        self._known_lock = threading.Lock()
         self._watcher = threading.Thread(target=self._watch, name="tritonserver-watch", daemon=True)
         self._watcher.start()
         self._supervisor = threading.Thread(target=self._supervise_stubs, name="tritonserver-stubs", daemon=True)
@@ -215,16 +235,17 @@ class TritonServer:
     def _supervise_stubs(self, poll_s: float = 1.0) -> None:
         """A model whose stub died (SIGKILL, OOM killer) is unloaded and loaded again: Triton's python backend
         would keep the instance marked ready while failing every request with "Stub process is not healthy"."""
-        known: dict[str, set[int]] = {}
         while not self._stopping.wait(poll_s):
             if self.proc is None or self.proc.poll() is not None:
                 return
-            if not known and not self.ready():  # nothing to watch until the server has come up
+            with self._known_lock:
+                watching = bool(self._known)
+            if not watching and not self.ready():  # nothing to watch until the server has come up
                 continue
-            current = self.stub_pids()
-            for model, pids in current.items():
-                known.setdefault(model, set()).update(pids)
-            for model, pids in list(known.items()):
+            current = self._note_stubs()
+            with self._known_lock:
+                known = {m: set(p) for m, p in self._known.items()}
+            for model, pids in known.items():
                 dead = pids - current.get(model, set())
                 if not dead or self._stopping.is_set():
                     continue
@@ -234,7 +255,17 @@ class TritonServer:
                 log.warning("model %s: reload %s after %.1f s", model, "done" if ok else "FAILED",
                             time.monotonic() - t0)
                 self.stub_reloads.extend((model, p) for p in sorted(dead))
-                known[model] = self.stub_pids().get(model, set())
+                with self._known_lock:
+                    self._known[model] = self.stub_pids().get(model, set())
+
+    def _note_stubs(self) -> dict[str, set[int]]:
+        """Add the live stubs to those the supervisor watches; returns the live ones. Called by the supervisor's
+        polls and by wait_ready, so a stub that dies right after the server is ready is not missed."""
+        current = self.stub_pids()
+        with self._known_lock:
+            for model, pids in current.items():
+                self._known.setdefault(model, set()).update(pids)
+        return current
 
     def drain(self, model: str = "mochi_dit") -> bool:
         """Ask the DiT model to stop its work before SIGTERM: Triton waits for in-flight requests only up to its
@@ -294,6 +325,7 @@ class TritonServer:
             if self.proc is not None and self.proc.poll() is not None:
                 raise ServerError(f"tritonserver exited with {self.proc.returncode}; log:\n{self.log_tail()}")
             if self.ready():
+                self._note_stubs()  # before the caller can send work: a stub that dies later is recognised
                 return self
             time.sleep(0.5)
         raise ServerError(f"tritonserver not ready after {timeout}s; log:\n{self.log_tail()}")
