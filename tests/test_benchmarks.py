@@ -113,3 +113,17 @@ def test_load_benchmark_writes_a_checkpoint_the_serving_loaders_read(tmp_path, m
     tiny = get_preset("tiny")
     assert rows["dit"]["params"] == sum(p.numel() for p in AsymmDiT(tiny.dit).parameters())
     assert ModelDir.open(tmp_path / "ckpt").layout == "official"
+
+
+def test_parallel_dit_benchmark_runs_shallow_models_for_error_growth(tmp_path, monkeypatch):
+    """bench dit --layouts ... --depth N: the same harness as the GPU runs, on CPU processes with gloo (fp32:
+    the sharded layout equals one process)."""
+    from mochi_runtime.bench.dit import main
+
+    out = tmp_path / "dit.json"
+    monkeypatch.setattr(sys, "argv", ["dit"])
+    assert main(["--preset", "tiny", "--layouts", "1x2x1", "--no-compile", "--iters", "1", "--warmup", "0",
+                 "--frames", "13", "--height", "64", "--width", "96", "--depth", "2", "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["depth"] == 2 and [r["layout"] for r in rec["results"]] == ["1x1x1", "1x2x1"]
+    assert rec["results"][1]["rel_err_vs_1gpu"] < 1e-5

@@ -6,6 +6,7 @@ very same weights, in the same process, with the output difference reported.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 
 import torch
@@ -29,9 +30,14 @@ def cfg_inputs(cfg, frames: int, height: int, width: int, cond_tokens: int, devi
     return x, sigma, y, mask
 
 
-def build_dit(preset: str, device, dtype, seed: int = 0, shard_group=None, prefetch: int = 1) -> AsymmDiT:
-    """Random full-size weights (the same on every rank); FSDP2-sharded over `shard_group` when given."""
+def build_dit(preset: str, device, dtype, seed: int = 0, shard_group=None, prefetch: int = 1,
+              depth: int | None = None) -> AsymmDiT:
+    """Random full-size weights (the same on every rank); FSDP2-sharded over `shard_group` when given.
+
+    depth: fewer blocks than the preset (error-growth checks: how a bf16 difference grows block by block)."""
     cfg = get_preset(preset).dit
+    if depth is not None:
+        cfg = dataclasses.replace(cfg, depth=depth)
     with torch.device("meta"):
         dit = AsymmDiT(cfg).to(dtype)
     if shard_group is not None:
@@ -80,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default="replicated",
                     help="comma list of DiT weight modes to time per layout: replicated, sharded (FSDP2 over the "
                          "world), sharded-sp (FSDP2 within each CFG half); '@N' prefetches N blocks (sharded@2)")
+    ap.add_argument("--depth", type=int, default=None,
+                    help="with --layouts: blocks to keep (default: the preset's 48); the bf16 error of each layout "
+                         "against 1 GPU after that many blocks")
     ap.add_argument("--profile", action="store_true",
                     help="with --layouts: rank 0's GPU kernel time per category for one step of each layout")
     ap.add_argument("--gpu-budget-gib", type=float, default=None,
@@ -148,7 +157,7 @@ def main_parallel(a: argparse.Namespace) -> int:
     opts = {"preset": a.preset, "frames": a.frames, "height": a.height, "width": a.width,
             "cond_tokens": a.cond_tokens, "attention": a.attention, "compile": not a.no_compile,
             "warmup": a.warmup, "iters": a.iters, "weights": "replicated", "budget_gib": a.gpu_budget_gib,
-            "profile": a.profile}
+            "profile": a.profile, "depth": a.depth}
     modes = [m for m in a.weights.split(",") if m]
     base = run_layout(Layout(1, 1, 1), opts)
     print(f"1 GPU: {base['ms']:.1f} ms/step", flush=True)
@@ -181,6 +190,7 @@ def main_parallel(a: argparse.Namespace) -> int:
     print_table(rows, ["layout", "gpus", "weights", "ms_per_cfg_step", "speedup", "rel_err_vs_1gpu",
                        "peak_gib_per_gpu", "weight_gib_per_gpu"])
     write_record(a.json, "dit-parallel", rows, rows[0], {
+        "depth": a.depth,
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "preset": a.preset,
                   "cond_tokens": a.cond_tokens},
         "compile": not a.no_compile, "attention": a.attention, "gpu_budget_gib": a.gpu_budget_gib,

@@ -37,7 +37,8 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
                 min(1.0, opts["budget_gib"] * 2**30 / torch.cuda.get_device_properties(dev).total_memory), dev)
         weights, _, prefetch = opts.get("weights", "replicated").partition("@")
         shard_group = {"replicated": None, "sharded": dist.group.WORLD, "sharded-sp": groups.sp_group}[weights]
-        dit = build_dit(opts["preset"], dev, dtype, shard_group=shard_group, prefetch=int(prefetch or 1))
+        dit = build_dit(opts["preset"], dev, dtype, shard_group=shard_group, prefetch=int(prefetch or 1),
+                        depth=opts.get("depth"))
         weight_gib = local_parameter_count(dit) * dit.x_embedder.proj.weight.element_size() / 2**30
         if opts["compile"]:
             dit.compile_blocks()
