@@ -107,6 +107,10 @@ class VAEConfig(_JsonConfig):
             out *= s
         return out
 
+    def frames_out(self, latent_frames: int) -> int:
+        """Video frames a decode of `latent_frames` latent frames gives: 6(T-1)+1 (the causal warm-up dropped)."""
+        return (latent_frames - 1) * self.temporal_factor + 1
+
     def __post_init__(self) -> None:
         if len(self.layers_per_block) != len(self.block_out_channels) + 1:
             raise ValueError("layers_per_block needs one entry per block plus the middle block")

@@ -94,7 +94,7 @@ def estimate_bytes(vae: VAEDecoder, latent_shape: tuple[int, ...], plan: "TilePl
     """Activation + output bytes of a decode with this plan, plus conv workspace on GPU (weights not counted)."""
     _, _, t, h, w = latent_shape
     s2 = vae.cfg.spatial_factor**2
-    frames = (t - 1) * vae.cfg.temporal_factor + 1
+    frames = vae.cfg.frames_out(t)
     tiles = tiles_of(plan, h, w)
     tile = max(tiles, key=lambda k: (k.yb - k.ya) * (k.xb - k.xa))
     th, tw = tile.yb - tile.ya, tile.xb - tile.xa
@@ -209,7 +209,7 @@ def decode_frames(vae: VAEDecoder, z: torch.Tensor, piece_elements: int) -> torc
     """De-normalised latents -> frames [B, 3, 6(T-1)+1, 8h, 8w], written piece by piece into one buffer."""
     b, _, t, h, w = z.shape
     s = vae.cfg.spatial_factor
-    frames = (t - 1) * vae.cfg.temporal_factor + 1
+    frames = vae.cfg.frames_out(t)
     out = torch.empty(b, vae.cfg.out_channels, frames, h * s, w * s, device=z.device,
                       dtype=vae.output_proj.weight.dtype)
     i = 0
@@ -241,10 +241,15 @@ def tiles_of(plan: TilePlan, h: int, w: int) -> list[Tile]:
 
 def decode_tile(vae: VAEDecoder, z: torch.Tensor, tile: Tile, plan: TilePlan) -> torch.Tensor:
     """De-normalised latents -> the tile's kept region [B, 3, F, 8*th, 8*tw] in the decoder's dtype (halo cropped)."""
-    s = vae.cfg.spatial_factor
-    out = decode_frames(vae, z[:, :, :, tile.ya:tile.yb, tile.xa:tile.xb], plan.piece_elements)
+    ys, xs = _inside_halo(tile, vae.cfg.spatial_factor)
+    return decode_frames(vae, z[:, :, :, tile.ya:tile.yb, tile.xa:tile.xb], plan.piece_elements)[..., ys, xs]
+
+
+def _inside_halo(tile: Tile, spatial_factor: int) -> tuple[slice, slice]:
+    """Rows and columns of a decoded tile (halo included) that are kept."""
+    s = spatial_factor
     dy, dx = (tile.y0 - tile.ya) * s, (tile.x0 - tile.xa) * s
-    return out[:, :, :, dy:dy + tile.th * s, dx:dx + tile.tw * s]
+    return slice(dy, dy + tile.th * s), slice(dx, dx + tile.tw * s)
 
 
 def _ramp(length: int, lo_overlap: int, hi_overlap: int, device) -> torch.Tensor:
@@ -266,33 +271,55 @@ def tile_weight(tile: Tile, plan: TilePlan, h: int, w: int, spatial_factor: int,
     return wy[:, None] * wx[None, :]
 
 
-def _kept(tile: Tile, spatial_factor: int) -> tuple[slice, slice]:
-    s = spatial_factor
-    return slice(tile.y0 * s, (tile.y0 + tile.th) * s), slice(tile.x0 * s, (tile.x0 + tile.tw) * s)
+class _Blend:
+    """The weighted sum of a plan's tiles in one output-sized buffer of the decoded dtype.
+
+    Accumulates in that dtype (bf16 on GPU: at most four terms per pixel, each weight <= 1), so a long video
+    costs one output-sized buffer, not a float32 one; the ramps are complementary, so the final division by
+    the summed weights only corrects rounding. Whole tiles (`blend_tiles`) and streamed pieces of them
+    (`decode_tiled`) go through the same `add`, so both give the same frames.
+    """
+
+    def __init__(self, tiles: list[Tile], plan: TilePlan, h: int, w: int, spatial_factor: int,
+                 lead: tuple[int, ...], device, dtype: torch.dtype) -> None:
+        s = spatial_factor
+        self.s = s
+        self.out = torch.zeros(*lead, h * s, w * s, device=device, dtype=dtype)  # lead: (B, C, F)
+        self.weight = torch.zeros(h * s, w * s, device=device)
+        self.weights: dict[Tile, torch.Tensor] = {}
+        for tile in tiles:
+            wt = tile_weight(tile, plan, h, w, s, device)
+            self.weights[tile] = wt.to(dtype)
+            ys, xs = self._kept(tile)
+            self.weight[ys, xs] += wt
+
+    def _kept(self, tile: Tile) -> tuple[slice, slice]:
+        s = self.s
+        return slice(tile.y0 * s, (tile.y0 + tile.th) * s), slice(tile.x0 * s, (tile.x0 + tile.tw) * s)
+
+    def add(self, tile: Tile, part: torch.Tensor, first_frame: int = 0) -> None:
+        """part: frames [first_frame, first_frame + n) of the tile's kept region."""
+        ys, xs = self._kept(tile)
+        n = part.shape[2]
+        # In place: no tile-sized temporary.
+        self.out[:, :, first_frame:first_frame + n, ys, xs].addcmul_(part.to(self.out.device), self.weights[tile])
+
+    def result(self) -> torch.Tensor:
+        return self.out.div_(self.weight.to(self.out.dtype))
 
 
 def blend_tiles(parts: Iterable[tuple[Tile, torch.Tensor]], plan: TilePlan, h: int, w: int,
                 spatial_factor: int) -> torch.Tensor:
-    """Weighted sum of whole decoded tiles, consumed one at a time -> [B, 3, F, 8h, 8w] in the tiles' dtype.
-
-    Accumulates in the tiles' dtype (bf16 on GPU: at most four terms per pixel, each weight <= 1), so a long
-    video costs one output-sized buffer, not a float32 one; the ramps are complementary, so the division by
-    the summed weights only corrects rounding. (`decode_tiled` blends piece by piece instead, with the same
-    arithmetic, so both give the same frames.)
-    """
-    out: torch.Tensor | None = None
-    weight: torch.Tensor | None = None
+    """Weighted sum of the plan's whole decoded tiles, consumed one at a time -> [B, 3, F, 8h, 8w] in the tiles'
+    dtype (see `_Blend`)."""
+    blend: _Blend | None = None
     for tile, part in parts:
-        if out is None:
-            out = torch.zeros(*part.shape[:3], h * spatial_factor, w * spatial_factor, device=part.device,
-                              dtype=part.dtype)
-            weight = torch.zeros(h * spatial_factor, w * spatial_factor, device=part.device)
-        wt = tile_weight(tile, plan, h, w, spatial_factor, out.device)
-        ys, xs = _kept(tile, spatial_factor)
-        out[:, :, :, ys, xs].addcmul_(part.to(out.device), wt.to(out.dtype))  # in place: no tile-sized temporary
-        weight[ys, xs] += wt
-    assert out is not None and weight is not None, "no tiles"
-    return out.div_(weight.to(out.dtype))
+        if blend is None:
+            blend = _Blend(tiles_of(plan, h, w), plan, h, w, spatial_factor, tuple(part.shape[:3]), part.device,
+                           part.dtype)
+        blend.add(tile, part)
+    assert blend is not None, "no tiles"
+    return blend.result()
 
 
 @torch.inference_mode()
@@ -308,21 +335,14 @@ def decode_tiled(vae: VAEDecoder, latents: torch.Tensor, plan: TilePlan) -> torc
     if len(tiles) == 1:
         return decode_frames(vae, z, plan.piece_elements)
     s = vae.cfg.spatial_factor
-    frames = (t - 1) * vae.cfg.temporal_factor + 1
-    out = torch.zeros(b, vae.cfg.out_channels, frames, h * s, w * s, device=z.device,
-                      dtype=vae.output_proj.weight.dtype)
-    weight = torch.zeros(h * s, w * s, device=z.device)
+    frames = vae.cfg.frames_out(t)
+    blend = _Blend(tiles, plan, h, w, s, (b, vae.cfg.out_channels, frames), z.device, vae.output_proj.weight.dtype)
     for tile in tiles:
         # Each streamed piece is blended as it comes: no tile-sized buffer of the whole video is ever held.
-        wt = tile_weight(tile, plan, h, w, s, z.device)
-        ys, xs = _kept(tile, s)
-        dy, dx = (tile.y0 - tile.ya) * s, (tile.x0 - tile.xa) * s
+        ys, xs = _inside_halo(tile, s)
         f = 0
         for piece in decode_stream(vae, z[:, :, :, tile.ya:tile.yb, tile.xa:tile.xb], plan.piece_elements):
-            n = piece.shape[2]
-            out[:, :, f:f + n, ys, xs].addcmul_(piece[:, :, :, dy:dy + tile.th * s, dx:dx + tile.tw * s],
-                                                wt.to(out.dtype))
-            f += n
+            blend.add(tile, piece[..., ys, xs], f)
+            f += piece.shape[2]
         assert f == frames, (f, frames)
-        weight[ys, xs] += wt
-    return out.div_(weight.to(out.dtype))
+    return blend.result()

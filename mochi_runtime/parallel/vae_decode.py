@@ -34,8 +34,8 @@ def decode_distributed(vae: VAEDecoder, latents: torch.Tensor, plan: TilePlan,
     # decoder's dtype: rank 0 then blends exactly the values decode_tiled would.
     if shape is None:
         s = vae.cfg.spatial_factor
-        frames = (z.shape[2] - 1) * vae.cfg.temporal_factor + 1
-        shape = (per_rank, z.shape[0], vae.cfg.out_channels, frames, tiles[0].th * s, tiles[0].tw * s)
+        shape = (per_rank, z.shape[0], vae.cfg.out_channels, vae.cfg.frames_out(z.shape[2]), tiles[0].th * s,
+                 tiles[0].tw * s)
     stack = torch.zeros(shape, dtype=vae.output_proj.weight.dtype, device=z.device)
     for i, part in enumerate(mine):
         stack[i] = part

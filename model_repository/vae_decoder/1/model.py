@@ -41,7 +41,7 @@ class TritonPythonModel:
         if z.ndim != 5 or z.shape[0] != 1 or z.shape[1] != c:
             raise RequestError("latents", f"must be [1, {c}, T, h, w], got {list(z.shape)}")
         t, h, w = z.shape[2:]
-        frames = (t - 1) * self.vae.cfg.temporal_factor + 1
+        frames = self.vae.cfg.frames_out(t)
         if t < 2 or h < 1 or w < 1:
             raise RequestError("latents", f"need T >= 2 latent frames and h, w >= 1, got {list(z.shape)}")
         if frames > self.limits.max_frames or 64 * h * w > self.limits.max_pixels:
