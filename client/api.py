@@ -7,6 +7,9 @@ from typing import Callable
 
 import numpy as np
 
+# generate()/stream() keyword -> the Triton input it fills
+KNOB_INPUTS = {"frames": "NUM_FRAMES", "height": "HEIGHT", "width": "WIDTH", "steps": "STEPS", "guidance": "GUIDANCE",
+               "seed": "SEED"}
 KNOB_TYPES = {"NUM_FRAMES": "INT32", "HEIGHT": "INT32", "WIDTH": "INT32", "STEPS": "INT32", "GUIDANCE": "FP32",
               "SEED": "INT64"}
 NP_TYPES = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
@@ -85,12 +88,10 @@ class MochiClient:
              "BYTES")]
         if negative_prompt is not None:
             values.append(("NEGATIVE_PROMPT", np.array([negative_prompt.encode("utf-8")], dtype=np.object_), "BYTES"))
-        names = {"frames": "NUM_FRAMES", "height": "HEIGHT", "width": "WIDTH", "steps": "STEPS",
-                 "guidance": "GUIDANCE", "seed": "SEED"}
         for key, value in knobs.items():
             if value is None:
                 continue
-            name = names[key]
+            name = KNOB_INPUTS[key]
             values.append((name, np.array([value], dtype=NP_TYPES[KNOB_TYPES[name]]), KNOB_TYPES[name]))
         return infer_inputs(self._mod, values)
 

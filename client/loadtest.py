@@ -129,11 +129,10 @@ def run_python(url: str, protocol: str = "grpc", concurrency: str = "1:2", reque
     """The closed loop through MochiClient.generate over the inputs file's requests, cycled."""
     import json
 
-    from .api import MochiClient
+    from .api import KNOB_INPUTS, MochiClient
 
     data = json.loads(Path(inputs).read_text())["data"]
-    names = {"NUM_FRAMES": "frames", "HEIGHT": "height", "WIDTH": "width", "STEPS": "steps", "GUIDANCE": "guidance",
-             "SEED": "seed"}
+    names = {name: key for key, name in KNOB_INPUTS.items()}
 
     def send(i: int) -> None:
         entry = data[i % len(data)]

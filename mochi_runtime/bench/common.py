@@ -36,6 +36,20 @@ def time_cuda(fn: Callable[[], object], warmup: int, iters: int) -> tuple[float,
     return statistics.median(times), times
 
 
+def build_t5(preset: str, device, dtype: torch.dtype, seed: int = 7):
+    """A T5 encoder of the preset's size with seeded random weights, built on meta and filled on `device`
+    (the full-size one is 4.9B parameters: no host-side init). Scale 0.5 keeps 24 random layers finite."""
+    from transformers import T5Config, T5EncoderModel
+
+    from ..config import get_preset
+    from ..tiny import init_random_
+
+    c = get_preset(preset).t5
+    with torch.device("meta"):
+        t5 = T5EncoderModel(T5Config(**c.to_dict(), is_encoder_decoder=False, use_cache=False)).to(dtype)
+    return init_random_(t5.to_empty(device=device), seed=seed, scale=0.5).eval()
+
+
 def peak_gib(device: torch.device | None = None) -> float:
     if not torch.cuda.is_available():
         return 0.0

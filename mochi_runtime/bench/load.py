@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .common import print_table, write_record
+from .common import build_t5, print_table, write_record
 
 
 def write_checkpoint(folder: Path, preset: str = "mochi-1-preview") -> dict[str, float]:
@@ -29,7 +29,7 @@ def write_checkpoint(folder: Path, preset: str = "mochi-1-preview") -> dict[str,
     from safetensors.torch import save_file
 
     from ..config import get_preset
-    from ..tiny import build_tokenizer, init_random_
+    from ..tiny import build_tokenizer
     from .dit import build_dit
     from .vae import build_vae
 
@@ -57,12 +57,7 @@ def write_checkpoint(folder: Path, preset: str = "mochi-1-preview") -> dict[str,
         (folder / MOCHI_CONFIG_FILE).write_text(json.dumps({"dit": p.dit.to_dict(), "vae": p.vae.to_dict()}, indent=2))
 
     def write_t5():
-        from transformers import T5Config, T5EncoderModel
-
-        c = get_preset(preset).t5
-        with torch.device("meta"):
-            t5 = T5EncoderModel(T5Config(**c.to_dict(), is_encoder_decoder=False, use_cache=False)).to(dtype)
-        t5 = init_random_(t5.to_empty(device=dev), seed=7, scale=0.5).to("cpu")
+        t5 = build_t5(preset, dev, dtype).to("cpu")
         t5.save_pretrained(str(folder / "text_encoder"), safe_serialization=True, is_main_process=True)
         tok = build_tokenizer()
         tok.save_pretrained(str(folder / "tokenizer"))

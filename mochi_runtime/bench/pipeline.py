@@ -21,8 +21,7 @@ from ..config import get_preset
 from ..parallel.topology import ParallelGroups, free_port, join_loopback_group
 from ..sampler import euler_sample, initial_noise, linear_quadratic_schedule
 from ..text_encoder import TextEmbedding
-from ..tiny import init_random_
-from .common import print_table, run_ranks, write_record
+from .common import build_t5, print_table, run_ranks, write_record
 from .dit import build_dit
 from .dit_parallel import parse_layout
 
@@ -33,12 +32,8 @@ def _gib(x: float) -> float:
 
 def _t5_embeddings(device, tokens: int = 256, preset: str = "mochi-1-preview") -> tuple[TextEmbedding, TextEmbedding]:
     """Random full-size T5-XXL encoder on `device`, two prompts encoded, the model freed again."""
-    from transformers import T5Config, T5EncoderModel
-
     c = get_preset(preset).t5
-    with torch.device("meta"):
-        t5 = T5EncoderModel(T5Config(**c.to_dict(), is_encoder_decoder=False, use_cache=False)).to(torch.bfloat16)
-    t5 = init_random_(t5.to_empty(device=device), seed=7, scale=0.5).eval()
+    t5 = build_t5(preset, device, torch.bfloat16)
     ids = torch.randint(0, c.vocab_size, (2, tokens), device=device, generator=torch.Generator(device).manual_seed(0))
     mask = torch.zeros(2, tokens, dtype=torch.bool, device=device)
     mask[1, :64] = True  # uncond = empty prompt (no valid tokens), cond = 64 tokens

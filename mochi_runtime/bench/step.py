@@ -106,12 +106,6 @@ def profile_step(fn) -> dict:
             "top_kernels": [{"ms": round(ms, 2), "calls": c, "name": n} for ms, c, n in kernels[:12]]}
 
 
-def _uncompile(dit) -> None:
-    for block in dit.blocks:
-        block.__dict__.pop("pre_attention", None)
-        block.__dict__.pop("post_attention", None)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mochi_runtime.bench step")
     ap.add_argument("--preset", default="mochi-1-preview")
@@ -180,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{frames}f {mode}: {ms:.1f} ms/step, floor {floor_ms:.1f} ms ({ms / floor_ms:.2f}x), "
                   f"peak {row['peak_gib']} GiB", flush=True)
             del x, y, out
-        _uncompile(dit)
-        del dit
+        del dit  # each mode builds its own model
         gc.collect()
         torch._dynamo.reset()
         torch.cuda.empty_cache()
