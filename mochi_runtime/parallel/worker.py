@@ -44,6 +44,8 @@ class GroupSpec:
             raise ValueError(f"weights must be 'replicated' or 'sharded', got {self.weights!r}")
         if self.shard_over not in ("world", "sp"):
             raise ValueError(f"shard_over must be 'world' or 'sp', got {self.shard_over!r}")
+        if self.dtype == "fp8" and self.weights == "sharded":
+            raise ValueError("dtype fp8 with sharded weights is not supported: use weights=replicated")
 
 
 @dataclass(frozen=True)
@@ -110,9 +112,6 @@ def build_model(spec: GroupSpec, local_rank: int):
     dtype = resolve_dtype(spec.dtype, device)
     if spec.weights == "sharded":
         import torch.distributed as dist
-
-        if spec.dtype == "fp8":
-            raise ValueError("dtype fp8 with sharded weights is not supported: use weights=replicated")
 
         from .sharded import load_sharded_dit
 
