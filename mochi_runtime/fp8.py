@@ -23,6 +23,13 @@ FP8_MAX = torch.finfo(FP8).max  # 448
 ROW_ALIGN = 16  # fp8 GEMMs want every dimension a multiple of 16
 
 
+def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D t -> (e4m3 values, fp32 scale per row [rows, 1]) with t ~= values * scale, each row's largest
+    magnitude mapped to e4m3's largest."""
+    scale = (t.float().abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
+    return (t.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+
+
 class Fp8Linear(nn.Module):
     """y = x W^T + b with W stored as e4m3 plus a per-output-channel fp32 scale."""
 
@@ -42,10 +49,9 @@ class Fp8Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Fp8Linear":
         w = linear.weight.detach()
-        scale = (w.float().abs().amax(dim=1) / FP8_MAX).clamp(min=1e-12)
-        q = (w.float() / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        q, scale = quantize_rows(w)
         bias = linear.bias.detach().to(w.dtype) if linear.bias is not None else None
-        return cls(q, scale, bias, w.dtype)
+        return cls(q, scale[:, 0], bias, w.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.shape[-1] == self.in_features, f"expected {self.in_features} features, got {x.shape[-1]}"
@@ -55,8 +61,7 @@ class Fp8Linear(nn.Module):
         pad = -n % ROW_ALIGN
         if pad:
             rows = F.pad(rows, (0, 0, 0, pad))
-        x_scale = (rows.float().abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
-        xq = (rows.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        xq, x_scale = quantize_rows(rows)
         out = torch._scaled_mm(xq, self.weight.t(), scale_a=x_scale, scale_b=self.weight_scale[None, :],
                                out_dtype=self.out_dtype)
         if pad:
