@@ -5,6 +5,22 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class CountCats(TorchDispatchMode):
+    """Counts concatenations of [B, H, S, D] tensors along S: [visual; text] Q/K/V built by copying. (The
+    projections' own write of each joint buffer concatenates token-major [B, S, H, D] along dim 1.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.four_d = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        dim = args[1] if len(args) > 1 else (kwargs or {}).get("dim", 0)
+        if func is torch.ops.aten.cat.default and args[0] and args[0][0].dim() == 4 and dim in (2, -2):
+            self.four_d += 1
+        return func(*args, **(kwargs or {}))
 
 
 def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_q) -> None:
@@ -35,15 +51,22 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
         with torch.inference_mode():
             # Full forward, batch 2 with different text lengths, on the sp group.
             ref = ref_dit(x.expand(2, -1, -1, -1, -1), sigma, feats, mask)
-            out = par(x.expand(2, -1, -1, -1, -1), sigma, feats, mask)
+            with CountCats() as cats:
+                out = par(x.expand(2, -1, -1, -1, -1), sigma, feats, mask)
             fwd_err = float((out - ref).abs().max())
+            qkv_cats = cats.four_d
+            # A text mask that is not a prefix (a hole in it) takes the general path
+            holes = mask.clone()
+            holes[1, 4] = False
+            hole_err = float((par(x.expand(2, -1, -1, -1, -1), sigma, feats, holes)
+                              - ref_dit(x.expand(2, -1, -1, -1, -1), sigma, feats, holes)).abs().max())
             # Guided velocity (exercises CFG-parallel when cfg=2).
             from mochi_runtime.sampler import CFGVelocity
 
             v_ref = CFGVelocity(ref_dit, cond, uncond, 4.5)(x, 0.8)
             v_par = ParallelCFGVelocity(par, cond, uncond, 4.5)(x, 0.8)
             vel_err = float((v_par - v_ref).abs().max())
-        out_q.put((rank, fwd_err, vel_err, float(ref.abs().max())))
+        out_q.put((rank, fwd_err, vel_err, hole_err, qkv_cats))
     finally:
         dist.destroy_process_group()
 

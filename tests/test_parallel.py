@@ -44,9 +44,12 @@ def test_forward_and_velocity_match_single_process(layout, official_dir):
     mp.start_processes(forward_check, args=(layout.world, layout, free_port(), str(official_dir), q),
                        nprocs=layout.world, start_method="spawn")
     results = [q.get(timeout=60) for _ in range(layout.world)]
-    for rank, fwd_err, vel_err, scale in results:
+    for rank, fwd_err, vel_err, hole_err, qkv_cats in results:
         assert fwd_err <= 1e-5, (rank, fwd_err)
         assert vel_err <= 2e-5, (rank, vel_err)  # guided: 4.5*v_c - 3.5*v_u amplifies forward rounding
+        assert hole_err <= 1e-5, (rank, hole_err)
+        if layout.ring == 1:  # T5-style (prefix) masks: attention inputs are slices, not concatenated copies
+            assert qkv_cats == 0, (rank, qkv_cats)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: l.describe().split(" (")[0])

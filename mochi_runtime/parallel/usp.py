@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..attention import TextGroups, attend, attend_with_lse, merge_partials, put_rows
+from ..attention import LocalJointAttention, TextGroups, attend, attend_with_lse, merge_partials, put_rows
 from ..dit import AsymmDiT
 from ..sampler import cfg_combine
 from ..text_encoder import TextEmbedding
@@ -41,6 +41,25 @@ def seq_to_heads(x: torch.Tensor, group, degree: int) -> torch.Tensor:
     recv = torch.empty_like(send)
     dist.all_to_all_single(recv, send, group=group)
     return recv.permute(1, 2, 0, 3, 4).reshape(b, h // degree, degree * n, d)
+
+
+def seq_to_heads_joint(x: torch.Tensor, text: torch.Tensor, group, degree: int, text_at: int) -> torch.Tensor:
+    """`seq_to_heads(x)` with the text rows `text` [B, H/U, L, D] written from row `text_at` of the same buffer.
+
+    The all-to-all's reassembly copy lands in a buffer with room for the text, so "visual rows up to text_at, then
+    the valid text" is a slice of it: no concatenation. text_at = U*n keeps every visual row (padding included:
+    queries), text_at = the valid token count drops the padding (keys and values). Rows past text_at + L are
+    padding or stale and belong to no slice taken from the result.
+    """
+    b, h, n, d = x.shape
+    hu = h // degree
+    send = x.reshape(b, degree, hu, n, d).transpose(0, 1).contiguous()
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    buf = x.new_empty(b, hu, max(degree * n, text_at + text.shape[2]), d)
+    buf[:, :, :degree * n].view(b, hu, degree, n, d).copy_(recv.permute(1, 2, 0, 3, 4))
+    buf[:, :, text_at:text_at + text.shape[2]].copy_(text)
+    return buf
 
 
 def heads_to_seq(x: torch.Tensor, group, degree: int) -> torch.Tensor:
@@ -70,6 +89,9 @@ class USPJointAttention:
     def __init__(self, groups: ParallelGroups, kernel: str = "auto") -> None:
         self.groups = groups
         self.kernel = kernel
+        # No sequence parallelism (one GPU, or CFG-parallel alone): the single-process attention, which takes
+        # [visual; valid text] as a slice of the projections' buffers instead of concatenating copies.
+        self.local = LocalJointAttention(kernel) if groups.layout.sp == 1 else None
         # CPU ring blocks (ring > 1) use the exact fp64 kernel, so the merged result differs
         # from one fp32 kernel call only by that call's own rounding.
         self.ring_kernel = kernel if torch.cuda.is_available() else "math"
@@ -111,16 +133,21 @@ class USPJointAttention:
         return out
 
     def __call__(self, q_x, k_x, v_x, q_y, k_y, v_y, y_mask):
+        if self.local is not None:
+            return self.local(q_x, k_x, v_x, q_y, k_y, v_y, y_mask)
         g = self.groups
         U = g.layout.ulysses
         h = q_x.shape[1] // U
         heads = slice(g.ulysses_index * h, (g.ulysses_index + 1) * h)
-        q_x, k_x, v_x = (seq_to_heads(t, g.ulysses_group, U) for t in (q_x, k_x, v_x))
         q_y, k_y, v_y = (t[:, heads] for t in (q_y, k_y, v_y))
+        groups = self.text_groups(y_mask)
+        if g.layout.ring == 1 and all(tg.prefix is not None for tg in groups):
+            return self._ulysses_joint(q_x, k_x, v_x, q_y, k_y, v_y, groups)
+        q_x, k_x, v_x = (seq_to_heads(t, g.ulysses_group, U) for t in (q_x, k_x, v_x))
         block_len = q_x.shape[2]
         out_x = torch.empty_like(q_x)
         out_y = torch.zeros_like(q_y)
-        for sel, idx, _ in self.text_groups(y_mask):
+        for sel, idx, _ in groups:
             q = torch.cat([q_x[sel], q_y[sel][:, :, idx]], dim=2)
             # Stacked only when it travels round the ring (one P2P message); the text K/V never travels.
             kv = torch.stack([k_x[sel], v_x[sel]]) if g.layout.ring > 1 else (k_x[sel], v_x[sel])
@@ -128,6 +155,33 @@ class USPJointAttention:
             o = self._ring(q, kv, text_kv, block_len).to(q.dtype)
             out_x[sel] = o[:, :, :block_len]
             put_rows(out_y, sel, idx, o[:, :, block_len:])
+        return heads_to_seq(out_x, g.ulysses_group, U), gather_heads(out_y, g.ulysses_group, U)
+
+    def _ulysses_joint(self, q_x, k_x, v_x, q_y, k_y, v_y, groups):
+        """Ulysses without ring, text masks that are prefixes (T5's right padding): the all-to-all writes each of
+        Q, K, V next to its text rows, so attention inputs are slices, and a single text group's output goes
+        back through the all-to-all as a view. Queries keep the padded visual rows (as the general path does);
+        keys and values stop at the valid ones."""
+        g = self.groups
+        U = g.layout.ulysses
+        block_len = U * q_x.shape[2]  # visual rows per head after the all-to-all, padding included
+        valid = min(block_len, self.valid_tokens)
+        q = seq_to_heads_joint(q_x, q_y, g.ulysses_group, U, block_len)
+        k = seq_to_heads_joint(k_x, k_y, g.ulysses_group, U, valid)
+        v = seq_to_heads_joint(v_x, v_y, g.ulysses_group, U, valid)
+        out_y = torch.zeros_like(q_y)
+        if len(groups) == 1 and isinstance(groups[0].sel, slice) and groups[0].sel == slice(0, q.shape[0]):
+            prefix = groups[0].prefix
+            o = attend(q[:, :, :block_len + prefix], k[:, :, :valid + prefix], v[:, :, :valid + prefix], self.kernel)
+            out_x = o[:, :, :block_len]
+            out_y[:, :, :prefix] = o[:, :, block_len:]
+        else:
+            out_x = q.new_empty(q.shape[0], q.shape[1], block_len, q.shape[3])
+            for sel, idx, prefix in groups:
+                o = attend(q[sel][:, :, :block_len + prefix], k[sel][:, :, :valid + prefix],
+                           v[sel][:, :, :valid + prefix], self.kernel)
+                out_x[sel] = o[:, :, :block_len]
+                put_rows(out_y, sel, idx, o[:, :, block_len:])
         return heads_to_seq(out_x, g.ulysses_group, U), gather_heads(out_y, g.ulysses_group, U)
 
 
