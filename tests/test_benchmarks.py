@@ -78,11 +78,12 @@ def test_serving_benchmark_on_cpu_matches_the_in_process_runtime(tmp_path, offic
     monkeypatch.setattr(sys, "argv", ["serving"])
     assert main(["--model-dir", str(official_dir), "--deployments", "cpu@1x2x1", "--aux-device", "cpu",
                  "--frames", "13", "--height", "64", "--width", "96", "--steps", "4", "--throughput", "2",
-                 "--load-steps", "2", "--requests-per-client", "1", "--json", str(out)]) == 0
+                 "--load-steps", "2", "--requests-per-client", "1", "--history-check", "--json", str(out)]) == 0
     rec = json.loads(out.read_text())
     row = rec["results"][0]
     assert row["latents_equal"] and row["latents_max_abs_vs_in_process"] == 0.0
-    assert row["in_process_repeat"]["equal"]
+    assert row["in_process_repeat"]["equal"] and row["triton_repeat"]["equal"]
+    assert row["in_process_after_load_warmup_vs_in_process"]["equal"]
     assert row["ensemble_frames"] == [13, 64, 96, 3] == row["stream_frames"]
     assert row["stream_progress_messages"] == 4
     assert row["triton_step_ms"] > 0 and row["in_process_step_ms"] > 0

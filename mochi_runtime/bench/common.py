@@ -62,14 +62,17 @@ def card() -> str:
     return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
 
 
+def record_header(command: str) -> dict:
+    """What every benchmark record starts with: where, when, how, on which torch."""
+    return {"card": card(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": command, "torch": torch.__version__}
+
+
 def write_record(path: str | None, kind: str, results: list[dict], baseline: dict | None, extra: dict,
                  subcommand: str = "dit") -> dict:
     record = {
         "benchmark": kind,
-        "card": card(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": f"python -m mochi_runtime.bench {subcommand} " + " ".join(sys.argv[1:]),
-        "torch": torch.__version__,
+        **record_header(f"python -m mochi_runtime.bench {subcommand} " + " ".join(sys.argv[1:])),
         "results": results,
         "baseline": baseline,
         **extra,

@@ -51,7 +51,7 @@ class Deployment:
 
     @property
     def name(self) -> str:
-        where = f"GPUs {','.join(map(str, self.gpu_sets[0]))}" if self.gpu_sets[0] else "CPU"
+        where = "GPUs " + " | ".join(",".join(map(str, s)) for s in self.gpu_sets) if self.gpu_sets[0] else "CPU"
         return f"{len(self.gpu_sets)} x [{self.layout} on {where}]"
 
     def env(self) -> dict[str, str]:
@@ -137,6 +137,7 @@ def serve_and_measure(dep: Deployment, a, work: Path) -> dict:
             raise RuntimeError(f"warm-up failed: {warm['errors']}")
         # 2. latents of mochi_dit for a fixed seed, on those embeddings
         out["latents"] = _dit(grpc_mod, client, embeds, mask, a, a.steps, a.seed)
+        out["triton_repeat"] = compare(_dit(grpc_mod, client, embeds, mask, a, a.steps, a.seed), out["latents"])
         out["embeds"], out["mask"] = embeds, mask
         client.close()
         # 3. one request through the ensemble, one through mochi_stream with per-step arrival times
@@ -174,10 +175,13 @@ def serve_and_measure(dep: Deployment, a, work: Path) -> dict:
     return out
 
 
-def in_process(dep: Deployment, a, embeds: np.ndarray, mask: np.ndarray) -> dict:
-    """The same layout on the first GPU set without Triton: latents and per-step latency."""
+def in_process(dep: Deployment, a, embeds: np.ndarray, mask: np.ndarray, load_warmup: bool = False) -> dict:
+    """The same layout on the first GPU set without Triton: latents and per-step latency.
+
+    load_warmup: first run the generation mochi_dit runs when it loads (a different shape compiled first)."""
     from ..parallel import GroupSpec, WorkerGroup
     from ..parallel.topology import Layout
+    from ..serving.dit_engine import load_warmup as server_warmup
     from ..text_encoder import TextEmbedding
     from ..validation import GenerationRequest
 
@@ -185,6 +189,9 @@ def in_process(dep: Deployment, a, embeds: np.ndarray, mask: np.ndarray) -> dict
     feats, m = torch.from_numpy(embeds.copy()), torch.from_numpy(mask.astype(np.bool_))
     cond, uncond = TextEmbedding(feats[1:], m[1:]), TextEmbedding(feats[:1], m[:1])
     with WorkerGroup(GroupSpec(Layout(c, u, r), a.model_dir, dep.gpu_sets[0] or None)) as group:
+        if load_warmup:
+            first, z = server_warmup(feats.shape[-1])
+            group.denoise(first, z, z)
         warm = GenerationRequest("", num_frames=a.frames, height=a.height, width=a.width, steps=1,
                                  guidance=a.guidance, seed=a.seed)
         group.denoise(warm, cond, uncond)
@@ -224,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deterministic", action="store_true",
                     help="TORCHINDUCTOR_DETERMINISTIC=1 for the server's and the in-process workers: inductor "
                          "then picks kernel configs without timing them, so separate processes round alike")
+    ap.add_argument("--history-check", action="store_true",
+                    help="also run the in-process group after the warm-up mochi_dit runs at load, and compare")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     if a.deterministic:  # read by every worker process at import (the server's inherit this environment)
@@ -233,8 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         dep = Deployment.parse(text)
         work = Path(tempfile.mkdtemp(prefix="mochi-serving-bench-"))
         served = serve_and_measure(dep, a, work)
-        local = in_process(dep, a, served.pop("embeds"), served.pop("mask"))
+        embeds, mask = served.pop("embeds"), served.pop("mask")
+        local = in_process(dep, a, embeds, mask)
         tri, ref = served.pop("latents"), local.pop("latents")
+        if a.history_check:  # does compiling the server's load-time shape first change the latents?
+            mirrored = in_process(dep, a, embeds, mask, load_warmup=True)
+            served["in_process_after_load_warmup_vs_in_process"] = compare(mirrored["latents"], ref)
+            served["latents_vs_in_process_after_load_warmup"] = compare(tri, mirrored["latents"])
         diff = compare(tri, ref)
         served["latents_max_abs_vs_in_process"] = diff["max_abs"]
         served["latents_rel_err_vs_in_process"] = diff["rel_err"]
@@ -248,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{dep.name}: latents vs in-process {diff}, in-process run twice {local['repeat']}, step in Triton "
               f"{served.get('triton_step_ms')} ms vs in-process {local['step_ms']} ms", flush=True)
         shutil.rmtree(work, ignore_errors=True)
+        _record(a, rows)  # after every deployment: a run cut short by a time limit keeps what it measured
     table = []
     for r in rows:
         for load in r.get("load", []):
@@ -258,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
                        "in_process_step_ms", "triton_vs_in_process", "latents_max_abs_vs_in_process"])
     if table:
         print_table(table, ["deployment", "concurrency", "req_per_hour", "p50_s", "p99_s", "errors"])
+    return 0
+
+
+def _record(a, rows: list[dict]) -> None:
     write_record(a.json, "serving", rows, None, {
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "steps": a.steps,
                   "load_steps": a.load_steps, "guidance": a.guidance},
@@ -265,4 +284,3 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_note": "in_process_* fields: the same layout run by WorkerGroup in this process after the server "
                          "stopped, same machine, same call",
     }, subcommand="serving")
-    return 0

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import torch
+
 from ..parallel import Cancelled, GroupSpec, WorkerGroup, WorkerGroupError
 from ..text_encoder import TextEmbedding
 from ..validation import GenerationRequest
@@ -53,6 +55,14 @@ class Lane:
         self.group = WorkerGroup(spec)
         self.restart_error: BaseException | None = None
         self.thread: threading.Thread | None = None
+
+
+def load_warmup(feat_dim: int) -> tuple[GenerationRequest, TextEmbedding]:
+    """The generation mochi_dit runs on every lane when it loads: one step at the smallest size, so no user
+    request pays for start-up. Shared with the serving benchmark, which replays it in-process to compare like
+    with like."""
+    z = TextEmbedding(torch.zeros(1, 4, feat_dim), torch.ones(1, 4, dtype=torch.bool))
+    return GenerationRequest("warm-up", num_frames=7, height=32, width=32, steps=1), z
 
 
 class DiTEngine:

@@ -13,7 +13,7 @@ import triton_python_backend_utils as pb_utils
 from mochi_runtime.parallel import GroupSpec, Layout
 from mochi_runtime.pipeline import open_model_dir
 from mochi_runtime.serving import adapters as A
-from mochi_runtime.serving.dit_engine import DiTEngine, Job
+from mochi_runtime.serving.dit_engine import DiTEngine, Job, load_warmup
 from mochi_runtime.text_encoder import TextEmbedding
 from mochi_runtime.validation import GenerationRequest, RequestError, validate
 
@@ -123,8 +123,7 @@ class TritonPythonModel:
     def _warm_up(self):
         """One 1-step generation at the smallest size on every worker group, so no user request pays for
         start-up."""
-        z = TextEmbedding(torch.zeros(1, 4, self.feat_dim), torch.ones(1, 4, dtype=torch.bool))
-        req = GenerationRequest("warm-up", num_frames=7, height=32, width=32, steps=1)
+        req, z = load_warmup(self.feat_dim)
         try:
             self.engine.warm_up(req, z, z)
         except BaseException as e:
