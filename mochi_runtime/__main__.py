@@ -47,6 +47,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
         print(f"memory plan for {a.gpu_memory_budget_gib:g} GiB per GPU: DiT {weights}, T5 "
               f"{'offloaded' if offload_t5 else 'resident'}, VAE tiles {tile_plan.tile_h or '-'}x"
               f"{tile_plan.tile_w or '-'} (peak ~{plan.peak_bytes / 2**30:.2f} GiB)", file=sys.stderr)
+    if a.attention_engine != "ours" and layout.world == 1 and not a.gpus:
+        raise ValueError(f"--attention-engine {a.attention_engine} is the DiT group's attention: it needs --gpus and "
+                         "a parallel layout (--ulysses/--ring/--cfg-parallel)")
     if a.parallel_vae and layout.world == 1:
         raise ValueError("--parallel-vae spreads the decode over the DiT group: it needs --ulysses/--ring/--cfg-parallel")
     if layout.world > 1 or a.gpus:
@@ -57,7 +60,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         if gpus and gpus != layout.world:
             raise LayoutError(f"--gpus {gpus} must equal cfg x ulysses x ring = {layout.world}")
         denoiser = WorkerGroup(GroupSpec(layout, a.model_dir, tuple(range(gpus)) if gpus else None, a.dtype,
-                                         a.attention, weights=weights))
+                                         a.attention, weights=weights, attention_engine=a.attention_engine))
     pipe = MochiPipeline.from_dir(a.model_dir, device=a.device, dtype=a.dtype, attention=a.attention, limits=limits,
                                   denoiser=denoiser, parallel_decode=a.parallel_vae,
                                   offload_text_encoder=offload_t5, tile_plan=tile_plan)
@@ -127,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--ulysses", type=int, default=1, help="Ulysses (head-sharding) degree")
     g.add_argument("--ring", type=int, default=1, help="Ring-attention degree")
     g.add_argument("--cfg-parallel", action="store_true", help="run the two guidance branches on two halves")
+    g.add_argument("--attention-engine", default="ours", choices=["ours", "xdit"],
+                   help="the group's joint attention: ours, or xfuser 0.7.0's USP for comparison (GPUs only, "
+                        "pip install '.[xdit]')")
     g.add_argument("--gpus", type=int, default=None,
                    help="GPUs for the DiT group (= cfg x ulysses x ring); without GPUs, CPU processes with gloo")
     g.add_argument("--weights", default="replicated", choices=["replicated", "sharded"],

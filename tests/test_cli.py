@@ -82,3 +82,13 @@ def test_cli_memory_budget_refuses_what_cannot_fit_and_plans_what_can(tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "memory plan for 2 GiB per GPU: DiT replicated, T5 resident" in ok.stderr
     assert probe_mp4(out)[:3] == (7, 64, 96)
+
+
+def test_cli_xdit_engine_needs_a_gpu_group(tmp_path):
+    """The xDiT side-by-side engine is a property of a GPU worker group: refused, with the rule, elsewhere."""
+    base = [sys.executable, "-m", "mochi_runtime", "generate", "--prompt", "x", "--attention-engine", "xdit",
+            "--out", str(tmp_path / "x.mp4")]
+    alone = subprocess.run(base, capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 2 and "--attention-engine xdit" in alone.stderr and "--gpus" in alone.stderr
+    on_cpu = subprocess.run(base + ["--ulysses", "2"], capture_output=True, text=True, timeout=120)
+    assert on_cpu.returncode == 2 and "attention_engine=xdit runs on GPUs only" in on_cpu.stderr

@@ -179,3 +179,20 @@ def test_torchrun_entry_matches_single_process(tmp_path, official_dir):
         assert proc.returncode == 0, proc.stderr[-3000:]
         outs[name] = out
     assert probe_mp4(outs["torchrun"])[:3] == (13, 48, 80)
+
+
+def test_attention_engine_is_validated_before_any_worker_starts():
+    with pytest.raises(ValueError, match="attention_engine must be 'ours' or 'xdit'"):
+        GroupSpec(Layout(1, 2, 1), attention_engine="yunchang")
+    with pytest.raises(ValueError, match="attention_engine=xdit runs on GPUs only"):
+        GroupSpec(Layout(1, 2, 1), attention_engine="xdit")
+    GroupSpec(Layout(1, 2, 1), devices=(0, 1), attention_engine="xdit")  # accepted: checked again on the GPU
+
+
+def test_xdit_engine_explains_itself_where_xfuser_cannot_run():
+    from mochi_runtime.parallel.xdit import XDiTUnavailable, _import_usp
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(XDiTUnavailable, match="needs a GPU"):
+        _import_usp()

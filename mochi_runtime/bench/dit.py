@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default="replicated",
                     help="comma list of DiT weight modes to time per layout: replicated, sharded (FSDP2 over the "
                          "world), sharded-sp (FSDP2 within each CFG half); '@N' prefetches N blocks (sharded@2)")
+    ap.add_argument("--engines", default="ours",
+                    help="with --layouts: comma list of attention engines to time per layout: ours, xdit (xfuser "
+                         "0.7.0's USP, GPU only); xdit's output is compared with ours on the same layout")
     ap.add_argument("--depth", type=int, default=None,
                     help="with --layouts: blocks to keep (default: the preset's 48); the bf16 error of each layout "
                          "against 1 GPU after that many blocks")
@@ -159,6 +162,9 @@ def main_parallel(a: argparse.Namespace) -> int:
             "warmup": a.warmup, "iters": a.iters, "weights": "replicated", "budget_gib": a.gpu_budget_gib,
             "profile": a.profile, "depth": a.depth}
     modes = [m for m in a.weights.split(",") if m]
+    engines = [e for e in a.engines.split(",") if e]
+    if any(e not in ("ours", "xdit") for e in engines):
+        raise SystemExit(f"--engines takes ours and/or xdit, got {a.engines!r}")
     base = run_layout(Layout(1, 1, 1), opts)
     print(f"1 GPU: {base['ms']:.1f} ms/step", flush=True)
     rows = [{"layout": "1x1x1", "gpus": 1, "weights": "replicated", "ms_per_cfg_step": round(base["ms"], 1),
@@ -168,27 +174,36 @@ def main_parallel(a: argparse.Namespace) -> int:
         for mode in modes:
             if mode.startswith("sharded-sp") and lay.cfg == 1:
                 continue  # the same as sharded over the world
-            name = f"{lay.cfg}x{lay.ulysses}x{lay.ring}"
-            try:
-                r = run_layout(lay, dict(opts, weights=mode))
-            except RuntimeError as e:  # a crashed layout is recorded, the others still run
-                r = {"error": str(e)}
-            if "error" in r:
-                rows.append({"layout": name, "gpus": lay.world, "weights": mode, "error": r["error"]})
-                print(f"{lay.describe()} {mode}: {r['error']}", flush=True)
-                continue
-            err = float((r["v"] - base["v"]).norm() / base["v"].norm())
-            rows.append({"layout": name, "gpus": lay.world, "weights": mode,
-                         "ms_per_cfg_step": round(r["ms"], 1), "speedup": round(base["ms"] / r["ms"], 3),
-                         "rel_err_vs_1gpu": err, "peak_gib_per_gpu": [round(p, 2) for p in r["peak_gib"]],
-                         "weight_gib_per_gpu": [round(p, 2) for p in r["weight_gib"]],
-                         "all_ms": [round(t, 1) for t in r["all_ms"]], "profile_rank0": r.get("profile")})
-            if r.get("profile"):
-                print(f"{lay.describe()} {mode} rank 0 kernels: {r['profile']['by_category_ms']}", flush=True)
-            print(f"{lay.describe()} {mode}: {r['ms']:.1f} ms/step, {base['ms'] / r['ms']:.2f}x, rel err {err:.2e}",
-                  flush=True)
-    print_table(rows, ["layout", "gpus", "weights", "ms_per_cfg_step", "speedup", "rel_err_vs_1gpu",
-                       "peak_gib_per_gpu", "weight_gib_per_gpu"])
+            ours_v = None
+            for engine in engines:
+                name = f"{lay.cfg}x{lay.ulysses}x{lay.ring}"
+                what = f"{lay.describe()} {mode}" + (f" [{engine}]" if len(engines) > 1 else "")
+                try:
+                    r = run_layout(lay, dict(opts, weights=mode, engine=engine))
+                except RuntimeError as e:  # a crashed layout is recorded, the others still run
+                    r = {"error": str(e)}
+                if "error" in r:
+                    rows.append({"layout": name, "gpus": lay.world, "weights": mode, "engine": engine,
+                                 "error": r["error"]})
+                    print(f"{what}: {r['error']}", flush=True)
+                    continue
+                err = float((r["v"] - base["v"]).norm() / base["v"].norm())
+                row = {"layout": name, "gpus": lay.world, "weights": mode, "engine": engine,
+                       "ms_per_cfg_step": round(r["ms"], 1), "speedup": round(base["ms"] / r["ms"], 3),
+                       "rel_err_vs_1gpu": err, "peak_gib_per_gpu": [round(p, 2) for p in r["peak_gib"]],
+                       "weight_gib_per_gpu": [round(p, 2) for p in r["weight_gib"]],
+                       "all_ms": [round(t, 1) for t in r["all_ms"]], "profile_rank0": r.get("profile")}
+                if engine == "ours":
+                    ours_v = r["v"]
+                elif ours_v is not None:  # the other engine against ours, same layout, weights and inputs
+                    row["rel_err_vs_ours"] = float((r["v"] - ours_v).norm() / ours_v.norm())
+                rows.append(row)
+                if r.get("profile"):
+                    print(f"{what} rank 0 kernels: {r['profile']['by_category_ms']}", flush=True)
+                print(f"{what}: {r['ms']:.1f} ms/step, {base['ms'] / r['ms']:.2f}x, rel err {err:.2e}"
+                      + (f", vs ours {row['rel_err_vs_ours']:.2e}" if "rel_err_vs_ours" in row else ""), flush=True)
+    print_table(rows, ["layout", "gpus", "weights", "engine", "ms_per_cfg_step", "speedup", "rel_err_vs_1gpu",
+                       "rel_err_vs_ours", "peak_gib_per_gpu", "weight_gib_per_gpu"])
     write_record(a.json, "dit-parallel", rows, rows[0], {
         "depth": a.depth,
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "preset": a.preset,

@@ -42,7 +42,7 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
         weight_gib = local_parameter_count(dit) * dit.x_embedder.proj.weight.element_size() / 2**30
         if opts["compile"]:
             dit.compile_blocks()
-        model = SequenceParallelDiT(dit, groups, opts["attention"])
+        model = SequenceParallelDiT(dit, groups, opts["attention"], opts.get("engine", "ours"))
         x, _, y, mask = cfg_inputs(dit.cfg, opts["frames"], opts["height"], opts["width"], opts["cond_tokens"],
                                    dev, dtype)
         uncond, cond = TextEmbedding(y[:1], mask[:1]), TextEmbedding(y[1:], mask[1:])

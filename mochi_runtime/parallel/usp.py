@@ -191,9 +191,17 @@ class SequenceParallelDiT:
     Same call signature and result as `AsymmDiT.__call__` on every rank of the group.
     """
 
-    def __init__(self, dit: AsymmDiT, groups: ParallelGroups, kernel: str = "auto") -> None:
+    def __init__(self, dit: AsymmDiT, groups: ParallelGroups, kernel: str = "auto", engine: str = "ours") -> None:
+        """engine: "ours" (USPJointAttention) or "xdit" (xfuser's USP behind the same interface, GPU only)."""
         self.dit, self.groups = dit, groups
-        self.attention = USPJointAttention(groups, kernel)
+        if engine == "xdit":
+            from .xdit import XDiTJointAttention
+
+            self.attention: USPJointAttention | XDiTJointAttention = XDiTJointAttention(groups, kernel)
+        elif engine == "ours":
+            self.attention = USPJointAttention(groups, kernel)
+        else:
+            raise ValueError(f"attention engine must be 'ours' or 'xdit', got {engine!r}")
         dit.joint_attention = self.attention
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, y_feat: torch.Tensor, y_mask: torch.Tensor):

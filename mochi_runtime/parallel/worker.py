@@ -38,6 +38,7 @@ class GroupSpec:
     threads: int | None = None  # CPU threads per worker (default: cores / world)
     weights: str = "replicated"  # or "sharded": FSDP2 over `shard_over` (see parallel.sharded)
     shard_over: str = "world"  # "world" or "sp" (each CFG half holds its own sharded copy)
+    attention_engine: str = "ours"  # or "xdit": the joint attention through xfuser 0.7.0 (GPU only; see .xdit)
 
     def __post_init__(self) -> None:
         if self.weights not in ("replicated", "sharded"):
@@ -46,6 +47,11 @@ class GroupSpec:
             raise ValueError(f"shard_over must be 'world' or 'sp', got {self.shard_over!r}")
         if self.dtype == "fp8" and self.weights == "sharded":
             raise ValueError("dtype fp8 with sharded weights is not supported: use weights=replicated")
+        if self.attention_engine not in ("ours", "xdit"):
+            raise ValueError(f"attention_engine must be 'ours' or 'xdit', got {self.attention_engine!r}")
+        if self.attention_engine == "xdit" and not self.devices:
+            raise ValueError("attention_engine=xdit runs on GPUs only (xfuser does not import without one): "
+                             "give the group GPU devices or use attention_engine=ours")
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,7 @@ def build_model(spec: GroupSpec, local_rank: int):
     else:
         dit = load_dit(md, device, dtype, spec.attention, spec.compile, fp8=spec.dtype == "fp8")
     spec.layout.validate(num_heads=dit.cfg.num_heads)
-    return SequenceParallelDiT(dit, groups, spec.attention), device
+    return SequenceParallelDiT(dit, groups, spec.attention, spec.attention_engine), device
 
 
 def run_task(model, task: Task, device, should_stop: Callable[[int, int], bool],
