@@ -43,23 +43,28 @@ def seq_to_heads(x: torch.Tensor, group, degree: int) -> torch.Tensor:
     return recv.permute(1, 2, 0, 3, 4).reshape(b, h // degree, degree * n, d)
 
 
-def seq_to_heads_joint(x: torch.Tensor, text: torch.Tensor, group, degree: int, text_at: int) -> torch.Tensor:
-    """`seq_to_heads(x)` with the text rows `text` [B, H/U, L, D] written from row `text_at` of the same buffer.
+def seq_to_heads_joint(xs: list[torch.Tensor], texts: list[torch.Tensor], group, degree: int,
+                       text_ats: list[int]) -> list[torch.Tensor]:
+    """`seq_to_heads` of Q, K and V in one all-to-all, each landing in a buffer with its text rows.
 
-    The all-to-all's reassembly copy lands in a buffer with room for the text, so "visual rows up to text_at, then
-    the valid text" is a slice of it: no concatenation. text_at = U*n keeps every visual row (padding included:
-    queries), text_at = the valid token count drops the padding (keys and values). Rows past text_at + L are
-    padding or stale and belong to no slice taken from the result.
+    xs: [B, H, n, D] sequence shards; texts: [B, H/U, L, D] head slices. The one collective carries all three
+    (one launch instead of three, larger messages); each reassembly copy lands in a buffer with room for its
+    text, written from row `text_at`, so "visual rows up to text_at, then the valid text" is a slice: no
+    concatenation. text_at = U*n keeps every visual row (padding included: queries); text_at = the valid
+    token count drops the padding (keys and values). Rows past text_at + L belong to no slice taken from it.
     """
-    b, h, n, d = x.shape
+    b, h, n, d = xs[0].shape
     hu = h // degree
-    send = x.reshape(b, degree, hu, n, d).transpose(0, 1).contiguous()
+    send = torch.stack([x.reshape(b, degree, hu, n, d).transpose(0, 1) for x in xs], dim=1)  # [U, 3, b, hu, n, d]
     recv = torch.empty_like(send)
     dist.all_to_all_single(recv, send, group=group)
-    buf = x.new_empty(b, hu, max(degree * n, text_at + text.shape[2]), d)
-    buf[:, :, :degree * n].view(b, hu, degree, n, d).copy_(recv.permute(1, 2, 0, 3, 4))
-    buf[:, :, text_at:text_at + text.shape[2]].copy_(text)
-    return buf
+    out = []
+    for i, (text, text_at) in enumerate(zip(texts, text_ats)):
+        buf = xs[i].new_empty(b, hu, max(degree * n, text_at + text.shape[2]), d)
+        buf[:, :, :degree * n].view(b, hu, degree, n, d).copy_(recv[:, i].permute(1, 2, 0, 3, 4))
+        buf[:, :, text_at:text_at + text.shape[2]].copy_(text)
+        out.append(buf)
+    return out
 
 
 def heads_to_seq(x: torch.Tensor, group, degree: int) -> torch.Tensor:
@@ -166,9 +171,8 @@ class USPJointAttention:
         U = g.layout.ulysses
         block_len = U * q_x.shape[2]  # visual rows per head after the all-to-all, padding included
         valid = min(block_len, self.valid_tokens)
-        q = seq_to_heads_joint(q_x, q_y, g.ulysses_group, U, block_len)
-        k = seq_to_heads_joint(k_x, k_y, g.ulysses_group, U, valid)
-        v = seq_to_heads_joint(v_x, v_y, g.ulysses_group, U, valid)
+        q, k, v = seq_to_heads_joint([q_x, k_x, v_x], [q_y, k_y, v_y], g.ulysses_group, U,
+                                     [block_len, valid, valid])
         out_y = torch.zeros_like(q_y)
         if len(groups) == 1 and isinstance(groups[0].sel, slice) and groups[0].sel == slice(0, q.shape[0]):
             prefix = groups[0].prefix

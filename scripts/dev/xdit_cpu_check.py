@@ -5,7 +5,8 @@ process, on gloo worker processes: Ulysses layouts, a token count the sequence-p
 batch 2 with different text lengths. Ring layouts need an LSE-returning kernel, which xfuser only has on GPU.
 
     pip install --target /tmp/xfsite --no-deps xfuser==0.7.0 yunchang==0.6.4 distvae==0.1.0 einops triton
-    MOCHI_FAKE_CUDA_FOR_XFUSER=1 PYTHONPATH=scripts/dev/fake_cuda:/tmp/xfsite:$PWD .venv/bin/python scripts/dev/xdit_cpu_check.py
+    MOCHI_FAKE_CUDA_FOR_XFUSER=1 PYTHONPATH=scripts/dev/fake_cuda:/tmp/xfsite:$PWD \
+        .venv/bin/python scripts/dev/xdit_cpu_check.py
 """
 from __future__ import annotations
 

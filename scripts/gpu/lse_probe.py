@@ -28,7 +28,8 @@ def normed(*shape):
 def main() -> None:
     torch.manual_seed(0)
     out: dict = {**record_header("python " + " ".join(sys.argv)), "lse": {}, "merge": {}}
-    q, k, v = normed(1, 24, 1000, 128), normed(1, 24, 3000, 128), torch.randn(1, 24, 3000, 128, device="cuda").bfloat16()
+    q, k = normed(1, 24, 1000, 128), normed(1, 24, 3000, 128)
+    v = torch.randn(1, 24, 3000, 128, device="cuda").bfloat16()
     ref = torch.logsumexp((q.double() @ k.double().transpose(-1, -2)) / math.sqrt(128), dim=-1)
     for kernel in ("cudnn", "flash", "efficient", "math"):
         try:
