@@ -109,15 +109,15 @@ class XDiTJointAttention:
         out_y = torch.zeros_like(q_y)
         for sel, idx, _ in self.text_groups(y_mask):
             length = idx.numel()
-            share = math.ceil(length / sp) if length else 0
-            text_q = q_y[sel][:, :, idx]
-            if share:
-                text_q = torch.nn.functional.pad(text_q, (0, 0, 0, share * sp - length))
-                text_q = text_q[:, :, g.sp_rank * share:(g.sp_rank + 1) * share]
+            share = math.ceil(length / sp)
+            joint = {}
+            if share:  # no valid text (an empty negative prompt): plain USP over the visual tokens
+                text_q = torch.nn.functional.pad(q_y[sel][:, :, idx], (0, 0, 0, share * sp - length))
+                joint = dict(joint_query=text_q[:, :, g.sp_rank * share:(g.sp_rank + 1) * share].contiguous(),
+                             joint_key=k_y[sel][:, :, idx].contiguous(), joint_value=v_y[sel][:, :, idx].contiguous(),
+                             joint_strategy="rear")
             out = self._usp(q_x[sel].contiguous(), k_x[sel].contiguous(), v_x[sel].contiguous(),
-                            joint_query=text_q.contiguous(), joint_key=k_y[sel][:, :, idx].contiguous(),
-                            joint_value=v_y[sel][:, :, idx].contiguous(), joint_strategy="rear",
-                            backend=self._backend, attention_kwargs=kwargs)
+                            backend=self._backend, attention_kwargs=kwargs, **joint)
             out_x[sel] = out[:, :, :n_local]
             if share:
                 mine = out[:, :, n_local:].contiguous()

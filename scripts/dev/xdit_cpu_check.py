@@ -2,7 +2,7 @@
 
 The tiny DiT through SequenceParallelDiT with attention engine "xdit" (xfuser 0.7.0's USP) and "ours", against one
 process, on gloo worker processes: Ulysses layouts, a token count the sequence-parallel degree does not divide,
-batch 2 with different text lengths. Ring layouts need an LSE-returning kernel, which xfuser only has on GPU.
+batch 2 with 0 and 17 valid text tokens. Ring layouts need an LSE-returning kernel, which xfuser only has on GPU.
 
     pip install --target /tmp/xfsite --no-deps xfuser==0.7.0 yunchang==0.6.4 distvae==0.1.0 einops triton
     MOCHI_FAKE_CUDA_FOR_XFUSER=1 PYTHONPATH=scripts/dev/fake_cuda:/tmp/xfsite:$PWD \
@@ -34,8 +34,7 @@ def worker(rank: int, world: int, layout, port: int, model_dir: str, q) -> None:
     x = torch.randn(2, 12, 3, 10, 14, generator=g)  # 105 visual tokens: 2 and 4 do not divide them
     feats = torch.randn(2, 256, one.cfg.t5_feat_dim, generator=g)
     mask = torch.zeros(2, 256, dtype=torch.bool)
-    mask[0, :6] = True
-    mask[1, :17] = True
+    mask[1, :17] = True  # sample 0: no valid text (an empty negative prompt)
     sigma = torch.tensor([0.8, 0.8])
     with torch.inference_mode():
         ref, a, b = one(x, sigma, feats, mask), xdit(x, sigma, feats, mask), ours(x, sigma, feats, mask)
