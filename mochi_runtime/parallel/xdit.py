@@ -110,14 +110,14 @@ class XDiTJointAttention:
         for sel, idx, _ in self.text_groups(y_mask):
             length = idx.numel()
             share = math.ceil(length / sp)
-            joint = {}
-            if share:  # no valid text (an empty negative prompt): plain USP over the visual tokens
+            joint = {}  # stays empty without valid text (an empty negative prompt): USP over the visual tokens
+            if share:
                 text_q = torch.nn.functional.pad(q_y[sel][:, :, idx], (0, 0, 0, share * sp - length))
                 joint = dict(joint_query=text_q[:, :, g.sp_rank * share:(g.sp_rank + 1) * share].contiguous(),
                              joint_key=k_y[sel][:, :, idx].contiguous(), joint_value=v_y[sel][:, :, idx].contiguous(),
                              joint_strategy="rear")
             out = self._usp(q_x[sel].contiguous(), k_x[sel].contiguous(), v_x[sel].contiguous(),
-                            backend=self._backend, attention_kwargs=kwargs, **joint)
+                            backend=self._backend, attention_kwargs=dict(kwargs) if kwargs else None, **joint)
             out_x[sel] = out[:, :, :n_local]
             if share:
                 mine = out[:, :, n_local:].contiguous()
