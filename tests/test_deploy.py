@@ -161,6 +161,12 @@ def test_environment_overrides_config_parameters():
     assert A.model_params(args, {}) == {"gpus": "", "ulysses": "2"}
 
 
+def test_yes_no_parameters_read_one_way():
+    p = {"a": "True", "b": "yes", "c": "1", "d": "false", "e": "no", "f": ""}
+    assert [A.flag(p, k) for k in "abcdef"] == [True, True, True, False, False, False]
+    assert A.flag(p, "f", default=True) and A.flag(p, "absent", default=True) and not A.flag(p, "absent")
+
+
 def test_autoscaler_uses_a_series_the_model_exports():
     hpa = _k8s("hpa.yaml")["spec"]
     assert hpa["scaleTargetRef"]["name"] == _k8s("deployment.yaml")["metadata"]["name"]

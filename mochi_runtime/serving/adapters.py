@@ -63,6 +63,12 @@ def _log_runtime(model: str) -> None:
           f"from {os.path.dirname(numpy.__file__)}", file=sys.stderr, flush=True)
 
 
+def flag(params: dict[str, str], key: str, default: bool = False) -> bool:
+    """A yes/no config parameter: 1/true/yes (any case) is on; absent or empty takes the default."""
+    value = params.get(key) or ""
+    return value.lower() in ("1", "true", "yes") if value else default
+
+
 def model_dir(params: dict[str, str]) -> str | None:
     """Checkpoint directory: config parameter, else $MOCHI_MODEL_DIR, else None (embedded default)."""
     return params.get("model_dir") or os.environ.get("MOCHI_MODEL_DIR") or None

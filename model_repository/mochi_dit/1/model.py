@@ -78,7 +78,7 @@ class TritonPythonModel:
         self.limits, self.defaults = A.limits_from(p), A.defaults_from(p)
         self.stop_timeout = float(p.get("stop_timeout_s") or 30)
         self.request_timeout = float(p.get("request_timeout_s") or 0)
-        layout = Layout(2 if p.get("cfg_parallel", "").lower() in ("1", "true", "yes") else 1,
+        layout = Layout(2 if A.flag(p, "cfg_parallel") else 1,
                         int(p.get("ulysses") or 1), int(p.get("ring") or 1))
         lanes = lane_devices(p, args)
         devices = lanes[0]

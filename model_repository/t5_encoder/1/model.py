@@ -16,7 +16,7 @@ class TritonPythonModel:
         self.limits = A.limits_from(params)
         md = open_model_dir(A.model_dir(params))
         self.encoder = load_text_encoder(md, torch.device(params.get("device") or "cpu"),
-                                         offload=(params.get("offload") or "").lower() in ("1", "true", "yes"))
+                                         offload=A.flag(params, "offload"))
         self._fam, self.latency = A.histogram(pb_utils, "mochi_t5_latency_seconds",
                                               "T5 prompt encoding time per request", A.LATENCY_BUCKETS)
 

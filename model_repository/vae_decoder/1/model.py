@@ -24,7 +24,7 @@ class TritonPythonModel:
         self.piece_elements = int(params.get("piece_elements") or TilePlan.piece_elements)
         self.budget = int(params.get("memory_budget_bytes") or 0)
         # false: MP4 comes back empty and clients encode VIDEO themselves (saves the server's CPU; PyAV not needed)
-        self.encode_mp4 = (params.get("encode_mp4") or "true").lower() in ("1", "true", "yes")
+        self.encode_mp4 = A.flag(params, "encode_mp4", default=True)
         if self.encode_mp4:
             from mochi_runtime.video import pick_codec
 
