@@ -55,12 +55,13 @@ class Deployment:
         return f"{len(self.gpu_sets)} x [{self.layout} on {where}]"
 
     def env(self) -> dict[str, str]:
-        cfg, uly, ring = self.layout.split("x")
-        world = int(cfg) * int(uly) * int(ring)
+        from .dit_parallel import parse_layout
+
+        lay = parse_layout(self.layout)
         return {"MOCHI_MOCHI_DIT_GPUS": ";".join(",".join(map(str, s)) for s in self.gpu_sets),
-                "MOCHI_MOCHI_DIT_CPU_WORLD": str(world), "MOCHI_MOCHI_DIT_CPU_GROUPS": str(len(self.gpu_sets)),
-                "MOCHI_MOCHI_DIT_CFG_PARALLEL": "true" if cfg == "2" else "false",
-                "MOCHI_MOCHI_DIT_ULYSSES": uly, "MOCHI_MOCHI_DIT_RING": ring}
+                "MOCHI_MOCHI_DIT_CPU_WORLD": str(lay.world), "MOCHI_MOCHI_DIT_CPU_GROUPS": str(len(self.gpu_sets)),
+                "MOCHI_MOCHI_DIT_CFG_PARALLEL": "true" if lay.cfg == 2 else "false",
+                "MOCHI_MOCHI_DIT_ULYSSES": str(lay.ulysses), "MOCHI_MOCHI_DIT_RING": str(lay.ring)}
 
 
 def _knobs(a) -> dict:
@@ -180,15 +181,14 @@ def in_process(dep: Deployment, a, embeds: np.ndarray, mask: np.ndarray, load_wa
 
     load_warmup: first run the generation mochi_dit runs when it loads (a different shape compiled first)."""
     from ..parallel import GroupSpec, WorkerGroup
-    from ..parallel.topology import Layout
     from ..serving.dit_engine import load_warmup as server_warmup
     from ..text_encoder import TextEmbedding
     from ..validation import GenerationRequest
+    from .dit_parallel import parse_layout
 
-    c, u, r = (int(x) for x in dep.layout.split("x"))
     feats, m = torch.from_numpy(embeds.copy()), torch.from_numpy(mask.astype(np.bool_))
     cond, uncond = TextEmbedding(feats[1:], m[1:]), TextEmbedding(feats[:1], m[:1])
-    with WorkerGroup(GroupSpec(Layout(c, u, r), a.model_dir, dep.gpu_sets[0] or None)) as group:
+    with WorkerGroup(GroupSpec(parse_layout(dep.layout), a.model_dir, dep.gpu_sets[0] or None)) as group:
         if load_warmup:
             first, z = server_warmup(feats.shape[-1])
             group.denoise(first, z, z)

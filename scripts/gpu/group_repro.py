@@ -17,8 +17,8 @@ import tempfile
 import torch
 
 from mochi_runtime.bench.common import record_header
+from mochi_runtime.bench.dit_parallel import parse_layout
 from mochi_runtime.parallel import GroupSpec, WorkerGroup
-from mochi_runtime.parallel.topology import Layout
 from mochi_runtime.text_encoder import TextEmbedding
 from mochi_runtime.validation import GenerationRequest
 
@@ -66,7 +66,6 @@ def main() -> None:
     feat_dim = open_model_dir(a.model_dir).dit_config().t5_feat_dim
     cond, uncond = texts(feat_dim)
     req = GenerationRequest("", num_frames=a.frames, height=a.height, width=a.width, steps=a.steps, seed=5)
-    c, u, r = (int(v) for v in a.layout.split("x"))
     devices = tuple(int(g) for g in a.gpus.split(",")) if a.gpus else None
     out = {**record_header("python " + " ".join(sys.argv)), "layout": a.layout, "request": str(req), "modes": {}}
     for mode in a.modes.split(","):
@@ -75,7 +74,7 @@ def main() -> None:
             env = {"TORCHINDUCTOR_DETERMINISTIC": "1"} if mode == "compiled-deterministic" else {}
             if mode == "compiled-private-cache":
                 env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
-            spec = GroupSpec(Layout(c, u, r), a.model_dir, devices, compile=mode != "eager")
+            spec = GroupSpec(parse_layout(a.layout), a.model_dir, devices, compile=mode != "eager")
             results.append(run_group(spec, req, cond, uncond, env))
         (x, x_repeat), (y, y_repeat) = results
         rel = float((x - y).norm() / y.norm())
