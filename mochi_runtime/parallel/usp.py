@@ -174,18 +174,17 @@ class USPJointAttention:
         q, k, v = seq_to_heads_joint([q_x, k_x, v_x], [q_y, k_y, v_y], g.ulysses_group, U,
                                      [block_len, valid, valid])
         out_y = torch.zeros_like(q_y)
-        if len(groups) == 1 and isinstance(groups[0].sel, slice) and groups[0].sel == slice(0, q.shape[0]):
-            prefix = groups[0].prefix
-            o = attend(q[:, :, :block_len + prefix], k[:, :, :valid + prefix], v[:, :, :valid + prefix], self.kernel)
-            out_x = o[:, :, :block_len]
-            out_y[:, :, :prefix] = o[:, :, block_len:]
-        else:
-            out_x = q.new_empty(q.shape[0], q.shape[1], block_len, q.shape[3])
-            for sel, idx, prefix in groups:
-                o = attend(q[sel][:, :, :block_len + prefix], k[sel][:, :, :valid + prefix],
-                           v[sel][:, :, :valid + prefix], self.kernel)
+        # One text group covering the whole batch: its output goes on as a view, no copy into out_x.
+        whole = len(groups) == 1 and isinstance(groups[0].sel, slice) and groups[0].sel == slice(0, q.shape[0])
+        out_x = None if whole else q.new_empty(q.shape[0], q.shape[1], block_len, q.shape[3])
+        for sel, idx, prefix in groups:
+            o = attend(q[sel][:, :, :block_len + prefix], k[sel][:, :, :valid + prefix],
+                       v[sel][:, :, :valid + prefix], self.kernel)
+            if out_x is None:
+                out_x = o[:, :, :block_len]
+            else:
                 out_x[sel] = o[:, :, :block_len]
-                put_rows(out_y, sel, idx, o[:, :, block_len:])
+            put_rows(out_y, sel, idx, o[:, :, block_len:])
         return heads_to_seq(out_x, g.ulysses_group, U), gather_heads(out_y, g.ulysses_group, U)
 
 
