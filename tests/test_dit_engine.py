@@ -33,7 +33,7 @@ def test_failed_restart_fails_jobs_then_recovers(official_dir, tmp_path):
     engine = DiTEngine(GroupSpec(Layout(1, 2, 1), model_dir=str(model)), on_restart=lambda: restarts.append(1))
     try:
         assert "ok" in run(engine)
-        os.kill(engine.group.pids[1], signal.SIGKILL)
+        os.kill(engine.lanes[0].group.pids[1], signal.SIGKILL)
         hidden = tmp_path / "hidden"
         model.rename(hidden)  # the respawn cannot load weights now
         first = run(engine)
@@ -86,6 +86,6 @@ def test_timeouts_end_waiting_and_running_requests_and_close_answers_the_queue(o
         assert running_done.wait(5) and all(d.wait(5) for _, d in queued)
         assert running.get("err") is not None  # stopped at a step boundary, not left hanging
         assert all(isinstance(b.get("err"), ShuttingDown) for b, _ in queued)
-        assert not engine.group.alive()
+        assert not engine.lanes[0].group.alive()
     finally:
         engine.close(10)

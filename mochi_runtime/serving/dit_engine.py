@@ -102,11 +102,6 @@ class DiTEngine:
                                            daemon=True)
             lane.thread.start()
 
-    @property
-    def group(self) -> WorkerGroup:
-        """The first lane's group (the only one in a one-lane engine)."""
-        return self.lanes[0].group
-
     def warm_up(self, request: GenerationRequest, cond: TextEmbedding, uncond: TextEmbedding,
                 timeout: float = 600.0) -> None:
         """Run `request` once on every lane at the same time (compiles and allocates on each group), before any
