@@ -36,6 +36,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from .video import encode_mp4
 
     limits = Limits(max_frames=10_000, max_pixels=4096 * 4096, max_steps=1000)
+    compile_dit = {"auto": None, "on": True, "off": False}[a.compile]
     request = validate(request_from_args(a), limits)
     t0 = time.perf_counter()
     denoiser = None
@@ -60,10 +61,11 @@ def cmd_generate(a: argparse.Namespace) -> int:
         if gpus and gpus != layout.world:
             raise LayoutError(f"--gpus {gpus} must equal cfg x ulysses x ring = {layout.world}")
         denoiser = WorkerGroup(GroupSpec(layout, a.model_dir, tuple(range(gpus)) if gpus else None, a.dtype,
-                                         a.attention, weights=weights, attention_engine=a.attention_engine))
+                                         a.attention, compile_dit, weights=weights,
+                                         attention_engine=a.attention_engine))
     pipe = MochiPipeline.from_dir(a.model_dir, device=a.device, dtype=a.dtype, attention=a.attention, limits=limits,
                                   denoiser=denoiser, parallel_decode=a.parallel_vae,
-                                  offload_text_encoder=offload_t5, tile_plan=tile_plan)
+                                  offload_text_encoder=offload_t5, tile_plan=tile_plan, compile=compile_dit)
     load_s = time.perf_counter() - t0
     bar = tqdm(total=request.steps, desc="denoise", unit="step", disable=a.quiet)
 
@@ -126,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16", "fp8"],
                    help="fp8: the DiT's block linears in e4m3 (per-channel scales), the rest bf16")
     g.add_argument("--attention", default="auto")
+    g.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                   help="torch.compile the DiT blocks (auto: on GPU). off: bit-reproducible latents across runs "
+                        "of multi-GPU groups, ~1.4x slower DiT (docs/operations.md)")
     g.add_argument("--quiet", action="store_true")
     g.add_argument("--ulysses", type=int, default=1, help="Ulysses (head-sharding) degree")
     g.add_argument("--ring", type=int, default=1, help="Ring-attention degree")

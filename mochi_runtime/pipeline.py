@@ -153,14 +153,18 @@ class MochiPipeline:
         parallel_decode: bool = False,
         offload_text_encoder: bool = False,
         tile_plan: TilePlan = TilePlan(),
+        compile: bool | None = None,
     ) -> "MochiPipeline":
-        """Load T5 and the VAE here; the DiT too unless a `denoiser` (e.g. a parallel group) is given."""
+        """Load T5 and the VAE here; the DiT too unless a `denoiser` (e.g. a parallel group) is given.
+
+        compile: None = torch.compile the DiT blocks on GPU only; False gives latents that are bit-identical
+        across processes on GPU (compiled multi-GPU groups are not: docs/operations.md), ~1.4x slower."""
         md = open_model_dir(model_dir)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         te = load_text_encoder(md, dev, torch.float32 if dev.type == "cpu" else dt, t5_dir, offload_text_encoder)
         if denoiser is None:
-            dit = load_dit(md, dev, dt, attention, fp8=dtype == "fp8")
+            dit = load_dit(md, dev, dt, attention, compile, fp8=dtype == "fp8")
             check_text_width(te, dit.cfg.t5_feat_dim)
             denoiser = LocalDenoiser(dit)
         vae = load_vae(md, dev, dt)

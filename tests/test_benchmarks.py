@@ -128,3 +128,4 @@ def test_parallel_dit_benchmark_runs_shallow_models_for_error_growth(tmp_path, m
     rec = json.loads(out.read_text())
     assert rec["depth"] == 2 and [r["layout"] for r in rec["results"]] == ["1x1x1", "1x2x1"]
     assert rec["results"][1]["rel_err_vs_1gpu"] < 1e-5
+    assert rec["results"][1]["rel_err_eager_vs_1gpu"] == rec["results"][1]["rel_err_vs_1gpu"]  # nothing compiled

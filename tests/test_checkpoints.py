@@ -104,3 +104,13 @@ def test_row_reads_equal_slices_of_whole_tensors(layout, official_dir, diffusers
                 start, stop = shard_rows(whole.shape[0], rank, world)
                 assert torch.equal(read_rows(source, rule, start, stop, cast), whole[start:stop]), (rule, rank)
     assert kinds == ({"same"} if layout == "official" else {"same", "split3", "swap2"})
+
+
+@pytest.mark.parametrize("compile_dit,compiled", [(None, False), (False, False), (True, True)])
+def test_compile_choice_reaches_the_dit(compile_dit, compiled, official_dir):
+    """`--compile` / mochi_dit's `compile`: auto compiles on GPU only; off keeps the blocks eager (the mode whose
+    multi-GPU latents are reproducible across restarts). torch.compile wraps lazily, so nothing compiles here."""
+    pipe = MochiPipeline.from_dir(official_dir, device="cpu", compile=compile_dit)
+    block = pipe.denoiser.dit.blocks[0]
+    assert hasattr(block.pre_attention, "_torchdynamo_orig_callable") == compiled
+    assert hasattr(block.post_attention, "_torchdynamo_orig_callable") == compiled

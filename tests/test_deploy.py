@@ -165,6 +165,10 @@ def test_yes_no_parameters_read_one_way():
     p = {"a": "True", "b": "yes", "c": "1", "d": "false", "e": "no", "f": ""}
     assert [A.flag(p, k) for k in "abcdef"] == [True, True, True, False, False, False]
     assert A.flag(p, "f", default=True) and A.flag(p, "absent", default=True) and not A.flag(p, "absent")
+    assert [A.switch({"k": v}, "k") for v in ("", "auto", "AUTO", "on", "off")] == [None, None, None, True, False]
+    for bad in ("ture", "maybe"):  # a typo names the parameter instead of quietly meaning "off"
+        with pytest.raises(ValueError, match="'k' must be true or false"):
+            A.flag({"k": bad}, "k")
 
 
 def test_autoscaler_uses_a_series_the_model_exports():
@@ -186,8 +190,8 @@ def test_overridden_parameters_parse(model):
             key = name[len(f"MOCHI_{model.upper()}_"):].lower()
             if key.endswith(("bytes", "ulysses", "ring")):
                 assert int(value) > 0, name
-            if key in ("cfg_parallel", "offload"):
-                assert value in ("true", "false"), name
+            if key in ("cfg_parallel", "offload", "encode_mp4", "compile"):
+                A.switch({key: value}, key)  # raises on anything the adapters would refuse
             if key == "weights":
                 assert value in ("replicated", "sharded", "auto"), name
 

@@ -10,6 +10,7 @@ import pytest
 
 from mochi_runtime.config import get_preset
 from mochi_runtime.memory import DiTMemoryModel, choose_weights
+from mochi_runtime.parallel.topology import Layout
 from mochi_runtime.validation import GenerationRequest, RequestError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ def _measured():
     """(layout, weights, frames, peak GiB per GPU) from the recorded multi-GPU benchmark runs."""
     out = []
     for name in ("dit_sharded_h200x4.json", "dit_ring_h200x4.json", "dit_parallel_49f_4xh200.json",
-                 "dit_parallel_163f_4xh200.json"):
+                 "dit_parallel_163f_4xh200.json", "dit_parallel_49f_nocopy_h200x4.json", "dit_xdit_49f_h200x4.json"):
         record = json.loads((ROOT / "docs" / "bench" / name).read_text())
         for row in record["results"]:
             if "peak_gib_per_gpu" in row:
@@ -36,9 +37,9 @@ def _measured():
 
 @pytest.mark.parametrize("layout,weights,frames,peak", _measured())
 def test_estimate_covers_every_measured_peak(layout, weights, frames, peak):
-    c, u, r = (int(v) for v in layout.split("x"))
-    shard = c * u * r if weights == "sharded" else u * r
-    model = DiTMemoryModel(FULL, c, u, r, "replicated" if weights == "replicated" else "sharded", shard)
+    lay = Layout.parse(layout)
+    shard = lay.world if weights == "sharded" else lay.sp
+    model = DiTMemoryModel(FULL, lay.cfg, lay.ulysses, lay.ring, "replicated" if weights == "replicated" else "sharded", shard)
     est = model.total_bytes(_req(frames)) / GIB
     assert peak <= est <= peak + 2.0, (est, peak)  # safe, and not so loose that it refuses what fits
 

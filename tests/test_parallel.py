@@ -207,3 +207,14 @@ def test_fresh_groups_of_one_layout_give_bit_equal_latents(official_dir, referen
         with WorkerGroup(GroupSpec(Layout(2, 2, 1), model_dir=str(official_dir), threads=1)) as group:
             runs.append(group.denoise(REQUEST, cond, uncond))
     assert torch.equal(runs[0], runs[1])
+
+
+def test_layout_names_round_trip_and_bad_names_are_refused():
+    from mochi_runtime.parallel.topology import Layout, LayoutError
+
+    assert Layout.parse("2x2x1") == Layout(2, 2, 1) and Layout(1, 4, 2).name() == "1x4x2"
+    assert Layout.parse(Layout(2, 1, 2).name()) == Layout(2, 1, 2)
+    for bad, rule in (("2x2", "CFGxULYSSESxRING"), ("axbxc", "CFGxULYSSESxRING"), ("3x1x1", "cfg degree must be 1 or 2"),
+                      ("1x0x1", "ulysses degree must be >= 1")):
+        with pytest.raises(LayoutError, match=rule):
+            Layout.parse(bad)

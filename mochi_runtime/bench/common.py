@@ -13,6 +13,12 @@ from typing import Callable
 import torch
 
 
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in fp32: how every benchmark states a difference from its reference."""
+    a, b = a.float(), b.float().to(a.device)
+    return float((a - b).norm() / b.norm())
+
+
 def time_cuda(fn: Callable[[], object], warmup: int, iters: int) -> tuple[float, list[float]]:
     """Median milliseconds of fn() over iters runs (after warmup), timed with CUDA events (host clock on CPU)."""
     for _ in range(warmup):

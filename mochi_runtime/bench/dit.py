@@ -16,7 +16,7 @@ from ..checkpoints import dit_key_map, to_diffusers
 from ..config import get_preset
 from ..dit import AsymmDiT
 from ..tiny import init_random_dit_
-from .common import peak_gib, print_table, time_cuda, write_record
+from .common import peak_gib, print_table, rel_err, time_cuda, write_record
 
 
 def cfg_inputs(cfg, frames: int, height: int, width: int, cond_tokens: int, device, dtype, seed: int = 0):
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             r["speedup_vs_diffusers"] = round(baseline["ms_per_cfg_step"] / r["ms_per_cfg_step"], 3)
         ref_out = outputs.get("diffusers")
         if ref_out is not None:
-            r["rel_err_vs_diffusers"] = float((outputs[r["engine"]] - ref_out).norm() / ref_out.norm())
+            r["rel_err_vs_diffusers"] = rel_err(outputs[r["engine"]], ref_out)
     print_table(rows, ["engine", "ms_per_cfg_step", "peak_gib", "speedup_vs_diffusers", "rel_err_vs_diffusers"])
     write_record(a.json, "dit", rows, baseline, {
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "visual_tokens": tokens,
@@ -149,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 def main_parallel(a: argparse.Namespace) -> int:
     """Per-step latency of sharded layouts against one GPU, same weights and inputs, one invocation."""
     from ..parallel.topology import Layout
-    from .dit_parallel import parse_layout, run_layout
+    from .dit_parallel import run_layout
 
     if a.layouts:
-        layouts = [parse_layout(t) for t in a.layouts.split(",")]
+        layouts = [Layout.parse(t) for t in a.layouts.split(",")]
     else:
         layouts = [Layout(2 if a.cfg_parallel else 1, a.ulysses, a.ring)]
         if layouts[0].world != a.gpus:
@@ -168,7 +168,7 @@ def main_parallel(a: argparse.Namespace) -> int:
     base = run_layout(Layout(1, 1, 1), opts)
     print(f"1 GPU: {base['ms']:.1f} ms/step", flush=True)
     rows = [{"layout": "1x1x1", "gpus": 1, "weights": "replicated", "ms_per_cfg_step": round(base["ms"], 1),
-             "speedup": 1.0, "rel_err_vs_1gpu": 0.0, "peak_gib_per_gpu": [round(p, 2) for p in base["peak_gib"]],
+             "speedup": 1.0, "rel_err_vs_1gpu": 0.0, "rel_err_eager_vs_1gpu": 0.0, "peak_gib_per_gpu": [round(p, 2) for p in base["peak_gib"]],
              "weight_gib_per_gpu": [round(p, 2) for p in base["weight_gib"]], "profile_rank0": base.get("profile")}]
     for lay in layouts:
         for mode in modes:
@@ -176,7 +176,7 @@ def main_parallel(a: argparse.Namespace) -> int:
                 continue  # the same as sharded over the world
             ours_v = None
             for engine in engines:
-                name = f"{lay.cfg}x{lay.ulysses}x{lay.ring}"
+                name = lay.name()
                 what = f"{lay.describe()} {mode}" + (f" [{engine}]" if len(engines) > 1 else "")
                 try:
                     r = run_layout(lay, dict(opts, weights=mode, engine=engine))
@@ -187,23 +187,26 @@ def main_parallel(a: argparse.Namespace) -> int:
                                  "error": r["error"]})
                     print(f"{what}: {r['error']}", flush=True)
                     continue
-                err = float((r["v"] - base["v"]).norm() / base["v"].norm())
+                err = rel_err(r["v"], base["v"])
                 row = {"layout": name, "gpus": lay.world, "weights": mode, "engine": engine,
                        "ms_per_cfg_step": round(r["ms"], 1), "speedup": round(base["ms"] / r["ms"], 3),
-                       "rel_err_vs_1gpu": err, "peak_gib_per_gpu": [round(p, 2) for p in r["peak_gib"]],
+                       "rel_err_vs_1gpu": err, "rel_err_eager_vs_1gpu": rel_err(r["v_eager"], base["v_eager"]),
+                       "peak_gib_per_gpu": [round(p, 2) for p in r["peak_gib"]],
                        "weight_gib_per_gpu": [round(p, 2) for p in r["weight_gib"]],
                        "all_ms": [round(t, 1) for t in r["all_ms"]], "profile_rank0": r.get("profile")}
                 if engine == "ours":
-                    ours_v = r["v"]
+                    ours_v = r
                 elif ours_v is not None:  # the other engine against ours, same layout, weights and inputs
-                    row["rel_err_vs_ours"] = float((r["v"] - ours_v).norm() / ours_v.norm())
+                    row["rel_err_vs_ours"] = rel_err(r["v"], ours_v["v"])
+                    row["rel_err_eager_vs_ours"] = rel_err(r["v_eager"], ours_v["v_eager"])
                 rows.append(row)
                 if r.get("profile"):
                     print(f"{what} rank 0 kernels: {r['profile']['by_category_ms']}", flush=True)
-                print(f"{what}: {r['ms']:.1f} ms/step, {base['ms'] / r['ms']:.2f}x, rel err {err:.2e}"
+                print(f"{what}: {r['ms']:.1f} ms/step, {base['ms'] / r['ms']:.2f}x, rel err {err:.2e} "
+                      f"(eager {row['rel_err_eager_vs_1gpu']:.2e})"
                       + (f", vs ours {row['rel_err_vs_ours']:.2e}" if "rel_err_vs_ours" in row else ""), flush=True)
     print_table(rows, ["layout", "gpus", "weights", "engine", "ms_per_cfg_step", "speedup", "rel_err_vs_1gpu",
-                       "rel_err_vs_ours", "peak_gib_per_gpu", "weight_gib_per_gpu"])
+                       "rel_err_eager_vs_1gpu", "rel_err_vs_ours", "peak_gib_per_gpu", "weight_gib_per_gpu"])
     write_record(a.json, "dit-parallel", rows, rows[0], {
         "depth": a.depth,
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "preset": a.preset,

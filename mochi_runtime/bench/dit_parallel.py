@@ -17,12 +17,6 @@ from .common import run_ranks, time_cuda
 from .dit import build_dit, cfg_inputs
 
 
-def parse_layout(text: str) -> Layout:
-    """"CxUxR", e.g. "2x2x1" = cfg 2, ulysses 2, ring 1."""
-    c, u, r = (int(v) for v in text.lower().split("x"))
-    return Layout(c, u, r)
-
-
 def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
     gpu = torch.cuda.is_available()
     if not gpu:  # CPU smoke runs (tiny preset) with gloo
@@ -40,19 +34,20 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
         dit = build_dit(opts["preset"], dev, dtype, shard_group=shard_group, prefetch=int(prefetch or 1),
                         depth=opts.get("depth"))
         weight_gib = local_parameter_count(dit) * dit.x_embedder.proj.weight.element_size() / 2**30
-        if opts["compile"]:
-            dit.compile_blocks()
         model = SequenceParallelDiT(dit, groups, opts["attention"], opts.get("engine", "ours"))
         x, _, y, mask = cfg_inputs(dit.cfg, opts["frames"], opts["height"], opts["width"], opts["cond_tokens"],
                                    dev, dtype)
         uncond, cond = TextEmbedding(y[:1], mask[:1]), TextEmbedding(y[1:], mask[1:])
         velocity = ParallelCFGVelocity(model, cond, uncond, 4.5)
         z = x[:1].float()
-        if gpu:
-            torch.cuda.reset_peak_memory_stats()
-        error = None
+        error, v_eager = None, None
         try:
             with torch.inference_mode():
+                if opts["compile"]:  # the correctness reference: compiled groups are not bit-reproducible
+                    v_eager = velocity(z, 0.7)  # across processes on GPU (docs/operations.md), eager ones are
+                    dit.compile_blocks()
+                if gpu:
+                    torch.cuda.reset_peak_memory_stats()
                 ms, all_ms = time_cuda(lambda: velocity(z, 0.7), opts["warmup"], opts["iters"])
                 v = velocity(z, 0.7)
                 profile = None
@@ -75,7 +70,8 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
                 out_q.put({"error": error, "peak_gib": peaks, "weight_gib": weights_gib})
             else:
                 out_q.put({"ms": ms, "all_ms": all_ms, "peak_gib": peaks, "weight_gib": weights_gib,
-                           "v": v.float().cpu().numpy(), "profile": profile})
+                           "v": v.float().cpu().numpy(), "profile": profile,
+                           "v_eager": (v if v_eager is None else v_eager).float().cpu().numpy()})
         dist.barrier(group=groups.control)
     finally:
         dist.destroy_process_group()
@@ -85,6 +81,7 @@ def run_layout(layout: Layout, opts: dict) -> dict:
     if torch.cuda.is_available() and torch.cuda.device_count() < layout.world:
         raise SystemExit(f"{layout.describe()} needs {layout.world} GPUs, {torch.cuda.device_count()} visible")
     r = run_ranks(_rank_main, layout.world, (layout, free_port(), opts), layout.describe())
-    if "v" in r:
-        r["v"] = torch.from_numpy(r["v"])  # sent as numpy: a torch tensor would need the exited sender
+    for key in ("v", "v_eager"):
+        if key in r:
+            r[key] = torch.from_numpy(r[key])  # sent as numpy: a torch tensor would need the exited sender
     return r

@@ -18,12 +18,11 @@ import torch
 import torch.distributed as dist
 
 from ..config import get_preset
-from ..parallel.topology import ParallelGroups, free_port, join_loopback_group
+from ..parallel.topology import Layout, ParallelGroups, free_port, join_loopback_group
 from ..sampler import euler_sample, initial_noise, linear_quadratic_schedule
 from ..text_encoder import TextEmbedding
 from .common import build_t5, print_table, run_ranks, write_record
 from .dit import build_dit
-from .dit_parallel import parse_layout
 
 
 def _gib(x: float) -> float:
@@ -52,7 +51,7 @@ def _rank_main(rank: int, opts: dict, port: int, out_q) -> None:
     from ..vae_tiling import TilePlan, decode_tiled, grid_plan
     from .vae import build_vae
 
-    layout = parse_layout(opts["layout"])
+    layout = Layout.parse(opts["layout"])
     join_loopback_group(rank, layout.world, port, True, timedelta(minutes=20))
     dev = torch.device("cuda", rank)
     total = torch.cuda.get_device_properties(dev).total_memory
@@ -105,7 +104,7 @@ def _rank_main(rank: int, opts: dict, port: int, out_q) -> None:
 
 
 def run(opts: dict) -> list[dict]:
-    return run_ranks(_rank_main, parse_layout(opts["layout"]).world, (opts, free_port()), opts["layout"])
+    return run_ranks(_rank_main, Layout.parse(opts["layout"]).world, (opts, free_port()), opts["layout"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,9 +55,9 @@ class Deployment:
         return f"{len(self.gpu_sets)} x [{self.layout} on {where}]"
 
     def env(self) -> dict[str, str]:
-        from .dit_parallel import parse_layout
+        from ..parallel import Layout
 
-        lay = parse_layout(self.layout)
+        lay = Layout.parse(self.layout)
         return {"MOCHI_MOCHI_DIT_GPUS": ";".join(",".join(map(str, s)) for s in self.gpu_sets),
                 "MOCHI_MOCHI_DIT_CPU_WORLD": str(lay.world), "MOCHI_MOCHI_DIT_CPU_GROUPS": str(len(self.gpu_sets)),
                 "MOCHI_MOCHI_DIT_CFG_PARALLEL": "true" if lay.cfg == 2 else "false",
@@ -180,15 +180,14 @@ def in_process(dep: Deployment, a, embeds: np.ndarray, mask: np.ndarray, load_wa
     """The same layout on the first GPU set without Triton: latents and per-step latency.
 
     load_warmup: first run the generation mochi_dit runs when it loads (a different shape compiled first)."""
-    from ..parallel import GroupSpec, WorkerGroup
+    from ..parallel import GroupSpec, Layout, WorkerGroup
     from ..serving.dit_engine import load_warmup as server_warmup
     from ..text_encoder import TextEmbedding
     from ..validation import GenerationRequest
-    from .dit_parallel import parse_layout
 
     feats, m = torch.from_numpy(embeds.copy()), torch.from_numpy(mask.astype(np.bool_))
     cond, uncond = TextEmbedding(feats[1:], m[1:]), TextEmbedding(feats[:1], m[:1])
-    with WorkerGroup(GroupSpec(parse_layout(dep.layout), a.model_dir, dep.gpu_sets[0] or None)) as group:
+    with WorkerGroup(GroupSpec(Layout.parse(dep.layout), a.model_dir, dep.gpu_sets[0] or None)) as group:
         if load_warmup:
             first, z = server_warmup(feats.shape[-1])
             group.denoise(first, z, z)

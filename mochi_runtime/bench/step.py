@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DiTConfig, get_preset
-from .common import peak_gib, print_table, time_cuda, write_record
+from .common import peak_gib, print_table, rel_err, time_cuda, write_record
 from .dit import build_dit, cfg_inputs
 
 CATEGORIES = ("matmul", "attention", "pointwise (triton)", "copies", "communication", "other")
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 base = next(r for r in rows if r["frames"] == frames and r["mode"] == "bf16")
                 ref = outputs[frames]
                 row["vs_bf16"] = round(ms / base["ms_per_cfg_step"], 3)
-                row["rel_err_vs_bf16"] = float((out.cpu() - ref).norm() / ref.norm())
+                row["rel_err_vs_bf16"] = rel_err(out.cpu(), ref)
             if prof:
                 row["profile"] = prof
                 print(f"{frames}f {mode} profile: {prof['by_category_ms']} (kernels {prof['kernel_ms']} ms)",

@@ -33,6 +33,18 @@ class Layout:
     def world(self) -> int:
         return self.cfg * self.sp
 
+    @classmethod
+    def parse(cls, text: str) -> "Layout":
+        """"CxUxR" as benchmarks and scripts name layouts, e.g. "2x2x1" = cfg 2, ulysses 2, ring 1."""
+        parts = text.lower().split("x")
+        if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+            raise LayoutError(f"layout must be CFGxULYSSESxRING, e.g. 2x2x1, got {text!r}")
+        return cls(*(int(p) for p in parts)).validate()
+
+    def name(self) -> str:
+        """The "CxUxR" form `parse` reads (records and file names)."""
+        return f"{self.cfg}x{self.ulysses}x{self.ring}"
+
     def validate(self, num_heads: int | None = None, guidance: float | None = None) -> "Layout":
         for name in ("cfg", "ulysses", "ring"):
             if getattr(self, name) < 1:

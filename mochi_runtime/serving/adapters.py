@@ -63,10 +63,24 @@ def _log_runtime(model: str) -> None:
           f"from {os.path.dirname(numpy.__file__)}", file=sys.stderr, flush=True)
 
 
+_ON_OFF = {"true": True, "on": True, "1": True, "yes": True, "false": False, "off": False, "0": False, "no": False}
+
+
 def flag(params: dict[str, str], key: str, default: bool = False) -> bool:
-    """A yes/no config parameter: 1/true/yes (any case) is on; absent or empty takes the default."""
-    value = params.get(key) or ""
-    return value.lower() in ("1", "true", "yes") if value else default
+    """A yes/no config parameter (true/false, on/off, yes/no, 1/0, any case); absent or empty takes the default.
+    Anything else is refused: a typo must not silently turn a mode off."""
+    value = switch(params, key)
+    return default if value is None else value
+
+
+def switch(params: dict[str, str], key: str) -> bool | None:
+    """A config parameter that is on, off or left to the runtime ("auto" or empty -> None)."""
+    value = (params.get(key) or "auto").strip().lower()
+    if value == "auto":
+        return None
+    if value not in _ON_OFF:
+        raise ValueError(f"parameter {key!r} must be true or false (or auto), got {params.get(key)!r}")
+    return _ON_OFF[value]
 
 
 def model_dir(params: dict[str, str]) -> str | None:

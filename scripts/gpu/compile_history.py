@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from mochi_runtime.bench.common import record_header
+from mochi_runtime.bench.common import record_header, rel_err
 from mochi_runtime.bench.dit import build_dit
 
 
@@ -45,11 +45,10 @@ def main() -> None:
     torch._dynamo.reset()
     forward(dit, *small)
     after_small = forward(dit, *shape)
-    rel = lambda a_, b_: float((a_ - b_).norm() / b_.norm())  # noqa: E731
     out = {**record_header("python " + " ".join(sys.argv)), "device": str(dev), "preset": a.preset,
            "shape": a.shape, "small_first": a.small,
            "repeat_equal": bool(torch.equal(cold, again)), "after_small_equal": bool(torch.equal(cold, after_small)),
-           "after_small_rel": rel(after_small, cold), "after_small_max_abs": float((after_small - cold).abs().max())}
+           "after_small_rel": rel_err(after_small, cold), "after_small_max_abs": float((after_small - cold).abs().max())}
     print(json.dumps(out))
     if a.json:
         open(a.json, "w").write(json.dumps(out, indent=2))

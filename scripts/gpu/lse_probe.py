@@ -13,11 +13,7 @@ import sys
 import torch
 
 from mochi_runtime.attention import attend, attend_with_lse, merge_partials
-from mochi_runtime.bench.common import record_header
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
+from mochi_runtime.bench.common import record_header, rel_err
 
 
 def normed(*shape):
@@ -43,14 +39,14 @@ def main() -> None:
     k, v = normed(1, 24, 14310 + text, 128), torch.randn(1, 24, 14310 + text, 128, device="cuda").bfloat16()
     exact = torch.softmax((q.float() @ k.float().transpose(-1, -2)) / math.sqrt(128), dim=-1) @ v.float()
     one = attend(q, k, v, "cudnn")
-    out["merge"]["one call (bf16 out)"] = rel(one, exact)
+    out["merge"]["one call (bf16 out)"] = rel_err(one, exact)
     for kernel in ("cudnn", "flash", "efficient"):
         for blocks in (2, 4):
             o = lse = None
             for kb, vb in zip(k.tensor_split(blocks, dim=2), v.tensor_split(blocks, dim=2)):
                 bo, bl = attend_with_lse(q, kb.contiguous(), vb.contiguous(), kernel)
                 o, lse = merge_partials(o, lse, bo, bl)
-            out["merge"][f"{kernel}, {blocks} blocks merged"] = rel(o.to(torch.bfloat16), exact)
+            out["merge"][f"{kernel}, {blocks} blocks merged"] = rel_err(o.to(torch.bfloat16), exact)
     print(json.dumps(out, indent=1))
     if len(sys.argv) > 1:
         open(sys.argv[1], "w").write(json.dumps(out, indent=2))

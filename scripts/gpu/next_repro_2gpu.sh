@@ -5,4 +5,5 @@ source scripts/gpu/setup.sh
 mkdir -p "$OUT"
 python3 -m mochi_runtime.bench load --dir /tmp/mochi-full --device cuda --parts vae 2>&1 | grep -v Warning | tail -2
 timeout 480 python3 scripts/gpu/group_repro.py --model-dir /tmp/mochi-full --layout 2x1x1 --gpus 0,1 --frames 25 \
+  --modes eager,compiled,compiled-deterministic \
   "$OUT/group_repro.json" 2>&1 | grep -v -i warn | tail -6

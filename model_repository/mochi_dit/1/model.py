@@ -80,6 +80,7 @@ class TritonPythonModel:
         self.request_timeout = float(p.get("request_timeout_s") or 0)
         layout = Layout(2 if A.flag(p, "cfg_parallel") else 1,
                         int(p.get("ulysses") or 1), int(p.get("ring") or 1))
+        compile_dit = A.switch(p, "compile")
         lanes = lane_devices(p, args)
         devices = lanes[0]
         if devices is None and int(p.get("cpu_world") or layout.world) != layout.world:
@@ -107,7 +108,7 @@ class TritonPythonModel:
             setattr(self, f"m_{name}", m)
         self.engine = DiTEngine(
             [GroupSpec(layout, md_path, lane, p.get("dtype") or "auto", p.get("attention") or "auto",
-                       weights=weights, shard_over=p.get("shard_over") or "world") for lane in lanes],
+                       compile_dit, weights=weights, shard_over=p.get("shard_over") or "world") for lane in lanes],
             max_queue=int(p.get("max_queue") or 8),
             on_restart=lambda: self.m_restarts.increment(1),
             on_steps=self.m_steps.increment,
