@@ -282,14 +282,20 @@ class AsymmDiT(nn.Module):
         angles = torch.einsum("nd,dhf->nhf", pos, self.pos_frequencies.float())
         return torch.cos(angles), torch.sin(angles)
 
-    def compile_blocks(self, **options) -> "AsymmDiT":
+    COMPILED_PARTS = ("pre_attention", "post_attention")
+
+    def compile_blocks(self, parts: tuple[str, ...] = COMPILED_PARTS, **options) -> "AsymmDiT":
         """torch.compile the pointwise-heavy halves of every block (attention stays eager).
 
-        Blocks share code, so one graph serves all full blocks and one the last block.
+        Blocks share code, so one graph serves all full blocks and one the last block. `parts` picks halves
+        (benchmarks bisect numerics with it); the default is both.
         """
+        unknown = set(parts) - set(self.COMPILED_PARTS)
+        if unknown:
+            raise ValueError(f"compile parts must be among {self.COMPILED_PARTS}, got {sorted(unknown)}")
         for block in self.blocks:
-            block.pre_attention = torch.compile(block.pre_attention, dynamic=False, **options)
-            block.post_attention = torch.compile(block.post_attention, dynamic=False, **options)
+            for part in parts:
+                setattr(block, part, torch.compile(getattr(block, part), dynamic=False, **options))
         return self
 
     def run_blocks(self, tokens, c, y, y_mask, rope):

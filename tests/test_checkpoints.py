@@ -114,3 +114,12 @@ def test_compile_choice_reaches_the_dit(compile_dit, compiled, official_dir):
     block = pipe.denoiser.dit.blocks[0]
     assert hasattr(block.pre_attention, "_torchdynamo_orig_callable") == compiled
     assert hasattr(block.post_attention, "_torchdynamo_orig_callable") == compiled
+
+
+def test_compile_blocks_takes_halves_by_name(official_dir):
+    dit = load_dit(ModelDir.open(official_dir), torch.device("cpu"), torch.float32, compile=False)
+    dit.compile_blocks(("pre_attention",))
+    assert hasattr(dit.blocks[0].pre_attention, "_torchdynamo_orig_callable")
+    assert not hasattr(dit.blocks[0].post_attention, "_torchdynamo_orig_callable")
+    with pytest.raises(ValueError, match="compile parts must be among"):
+        dit.compile_blocks(("attention",))

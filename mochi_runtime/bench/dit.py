@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--no-diffusers", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--compile-parts", default="pre_attention,post_attention",
+                    help="with --layouts: which block halves to compile (bisecting numerics)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--layouts", default=None,
                     help="comma list of CxUxR group layouts (cfg x ulysses x ring) to time against 1 GPU, e.g. "
@@ -159,6 +161,7 @@ def main_parallel(a: argparse.Namespace) -> int:
             raise SystemExit(f"--gpus {a.gpus} != world of {layouts[0].describe()}")
     opts = {"preset": a.preset, "frames": a.frames, "height": a.height, "width": a.width,
             "cond_tokens": a.cond_tokens, "attention": a.attention, "compile": not a.no_compile,
+            "compile_parts": [p for p in a.compile_parts.split(",") if p],
             "warmup": a.warmup, "iters": a.iters, "weights": "replicated", "budget_gib": a.gpu_budget_gib,
             "profile": a.profile, "depth": a.depth}
     modes = [m for m in a.weights.split(",") if m]
@@ -168,8 +171,11 @@ def main_parallel(a: argparse.Namespace) -> int:
     base = run_layout(Layout(1, 1, 1), opts)
     print(f"1 GPU: {base['ms']:.1f} ms/step", flush=True)
     rows = [{"layout": "1x1x1", "gpus": 1, "weights": "replicated", "ms_per_cfg_step": round(base["ms"], 1),
-             "speedup": 1.0, "rel_err_vs_1gpu": 0.0, "rel_err_eager_vs_1gpu": 0.0, "peak_gib_per_gpu": [round(p, 2) for p in base["peak_gib"]],
+             "speedup": 1.0, "rel_err_vs_1gpu": 0.0, "rel_err_eager_vs_1gpu": 0.0,
+             "peak_gib_per_gpu": [round(p, 2) for p in base["peak_gib"]],
              "weight_gib_per_gpu": [round(p, 2) for p in base["weight_gib"]], "profile_rank0": base.get("profile")}]
+    earlier = {("1x1x1", "replicated", "ours"): base}  # a layout named twice runs in fresh processes twice:
+    # how far apart the two runs land is the run-to-run reproducibility of that layout
     for lay in layouts:
         for mode in modes:
             if mode.startswith("sharded-sp") and lay.cfg == 1:
@@ -194,6 +200,10 @@ def main_parallel(a: argparse.Namespace) -> int:
                        "peak_gib_per_gpu": [round(p, 2) for p in r["peak_gib"]],
                        "weight_gib_per_gpu": [round(p, 2) for p in r["weight_gib"]],
                        "all_ms": [round(t, 1) for t in r["all_ms"]], "profile_rank0": r.get("profile")}
+                first = earlier.setdefault((name, mode, engine), r)
+                if first is not r:
+                    row["rel_err_vs_earlier_run"] = rel_err(r["v"], first["v"])
+                    row["rel_err_eager_vs_earlier_run"] = rel_err(r["v_eager"], first["v_eager"])
                 if engine == "ours":
                     ours_v = r
                 elif ours_v is not None:  # the other engine against ours, same layout, weights and inputs
@@ -204,13 +214,17 @@ def main_parallel(a: argparse.Namespace) -> int:
                     print(f"{what} rank 0 kernels: {r['profile']['by_category_ms']}", flush=True)
                 print(f"{what}: {r['ms']:.1f} ms/step, {base['ms'] / r['ms']:.2f}x, rel err {err:.2e} "
                       f"(eager {row['rel_err_eager_vs_1gpu']:.2e})"
-                      + (f", vs ours {row['rel_err_vs_ours']:.2e}" if "rel_err_vs_ours" in row else ""), flush=True)
+                      + (f", vs ours {row['rel_err_vs_ours']:.2e}" if "rel_err_vs_ours" in row else "")
+                      + (f", vs its earlier run {row['rel_err_vs_earlier_run']:.2e}"
+                         if "rel_err_vs_earlier_run" in row else ""), flush=True)
     print_table(rows, ["layout", "gpus", "weights", "engine", "ms_per_cfg_step", "speedup", "rel_err_vs_1gpu",
-                       "rel_err_eager_vs_1gpu", "rel_err_vs_ours", "peak_gib_per_gpu", "weight_gib_per_gpu"])
+                       "rel_err_eager_vs_1gpu", "rel_err_vs_ours", "rel_err_vs_earlier_run", "peak_gib_per_gpu",
+                       "weight_gib_per_gpu"])
     write_record(a.json, "dit-parallel", rows, rows[0], {
         "depth": a.depth,
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "preset": a.preset,
                   "cond_tokens": a.cond_tokens},
-        "compile": not a.no_compile, "attention": a.attention, "gpu_budget_gib": a.gpu_budget_gib,
+        "compile": not a.no_compile, "compile_parts": opts["compile_parts"], "attention": a.attention,
+        "gpu_budget_gib": a.gpu_budget_gib,
     })
     return 0

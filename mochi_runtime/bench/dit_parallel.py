@@ -45,7 +45,7 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
             with torch.inference_mode():
                 if opts["compile"]:  # the correctness reference: compiled groups are not bit-reproducible
                     v_eager = velocity(z, 0.7)  # across processes on GPU (docs/operations.md), eager ones are
-                    dit.compile_blocks()
+                    dit.compile_blocks(tuple(opts.get("compile_parts") or dit.COMPILED_PARTS))
                 if gpu:
                     torch.cuda.reset_peak_memory_stats()
                 ms, all_ms = time_cuda(lambda: velocity(z, 0.7), opts["warmup"], opts["iters"])

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shutil
 import statistics
 import tempfile
@@ -112,7 +111,8 @@ def serve_and_measure(dep: Deployment, a, work: Path) -> dict:
     env = dep.env()
     env.update({"MOCHI_T5_ENCODER_DEVICE": a.aux_device, "MOCHI_VAE_DECODER_DEVICE": a.aux_device,
                 "MOCHI_VAE_DECODER_ENCODE_MP4": "true" if a.mp4 else "false",
-                "MOCHI_MOCHI_DIT_MAX_QUEUE": "16", "MOCHI_MOCHI_STREAM_MAX_CONCURRENT": "8"})
+                "MOCHI_MOCHI_DIT_MAX_QUEUE": "16", "MOCHI_MOCHI_STREAM_MAX_CONCURRENT": "8",
+                "MOCHI_MOCHI_DIT_COMPILE": a.compile})
     cfg = ServerConfig(model_dir=a.model_dir,
                        http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                        work_dir=work / "server", extra_env=env, extra_args=list(a.server_arg))
@@ -187,7 +187,9 @@ def in_process(dep: Deployment, a, embeds: np.ndarray, mask: np.ndarray, load_wa
 
     feats, m = torch.from_numpy(embeds.copy()), torch.from_numpy(mask.astype(np.bool_))
     cond, uncond = TextEmbedding(feats[1:], m[1:]), TextEmbedding(feats[:1], m[:1])
-    with WorkerGroup(GroupSpec(Layout.parse(dep.layout), a.model_dir, dep.gpu_sets[0] or None)) as group:
+    compile_dit = {"auto": None, "true": True, "false": False}[a.compile]  # as mochi_dit reads it
+    with WorkerGroup(GroupSpec(Layout.parse(dep.layout), a.model_dir, dep.gpu_sets[0] or None,
+                               compile=compile_dit)) as group:
         if load_warmup:
             first, z = server_warmup(feats.shape[-1])
             group.denoise(first, z, z)
@@ -227,15 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mp4", action="store_true", help="have vae_decoder encode mp4 (needs PyAV on the server)")
     ap.add_argument("--start-timeout", type=float, default=900)
     ap.add_argument("--server-arg", action="append", default=[], help="extra tritonserver flag (repeatable)")
-    ap.add_argument("--deterministic", action="store_true",
-                    help="TORCHINDUCTOR_DETERMINISTIC=1 for the server's and the in-process workers: inductor "
-                         "then picks kernel configs without timing them, so separate processes round alike")
+    ap.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
+                    help="mochi_dit's compile parameter, and the same for the in-process group (false: eager, "
+                         "whose multi-GPU latents are reproducible across processes)")
     ap.add_argument("--history-check", action="store_true",
                     help="also run the in-process group after the warm-up mochi_dit runs at load, and compare")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    if a.deterministic:  # read by every worker process at import (the server's inherit this environment)
-        os.environ["TORCHINDUCTOR_DETERMINISTIC"] = "1"
     rows = []
     for text in a.deployments:
         dep = Deployment.parse(text)
@@ -279,7 +279,7 @@ def _record(a, rows: list[dict]) -> None:
     write_record(a.json, "serving", rows, None, {
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "steps": a.steps,
                   "load_steps": a.load_steps, "guidance": a.guidance},
-        "aux_device": a.aux_device, "model_dir": a.model_dir, "deterministic": a.deterministic,
+        "aux_device": a.aux_device, "model_dir": a.model_dir, "compile": a.compile,
         "baseline_note": "in_process_* fields: the same layout run by WorkerGroup in this process after the server "
                          "stopped, same machine, same call",
     }, subcommand="serving")

@@ -1,6 +1,6 @@
 # 4-GPU call (#7): the full-size random checkpoint written and loaded back (time, host/GPU peaks), then
 # Triton with mochi_dit as one instance over 4 GPUs (cfg 2 x ulysses 2) against the in-process runtime.
-# DEPLOYMENTS="0,1;2,3@2x1x1" (two lanes), SERVING_ARGS="--deterministic --frames 163 --steps 3 --throughput ''"
+# DEPLOYMENTS="0,1;2,3@2x1x1" (two lanes), SERVING_ARGS="--compile false --frames 163 --steps 3 --throughput ''"
 # Carry: .whl .gpu
 source scripts/gpu/setup.sh
 source scripts/gpu/setup_serving.sh
