@@ -17,7 +17,7 @@ from typing import NamedTuple, Protocol
 import torch
 import torch.nn.functional as F
 
-KERNELS = ("auto", "sdpa", "cudnn", "flash", "efficient", "math", "flash_attn")
+KERNELS = ("auto", "sdpa", "cudnn", "flash", "efficient", "math", "flash_attn", "fp8")
 
 try:  # optional dependency
     import flash_attn  # type: ignore  # noqa: F401
@@ -31,6 +31,8 @@ def resolve_kernel(kernel: str, device: torch.device) -> str:
     """Turn `auto` into a concrete kernel for this device."""
     if kernel not in KERNELS:
         raise ValueError(f"attention kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "fp8" and device.type != "cuda":
+        raise ValueError("attention kernel 'fp8' runs on GPUs only (cuDNN's fp8 flash attention)")
     if kernel != "auto":
         return kernel
     if device.type != "cuda":
@@ -54,6 +56,10 @@ def _sdpa_backend(kernel: str):
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str = "auto") -> torch.Tensor:
     """Unmasked attention on [B, H, S, D] tensors."""
     kernel = resolve_kernel(kernel, q.device)
+    if kernel == "fp8":
+        from .fp8_attention import fp8_attention_on
+
+        return fp8_attention_on(q.device.index if q.device.index is not None else torch.cuda.current_device())(q, k, v)
     if kernel == "flash_attn":
         from flash_attn import flash_attn_func  # type: ignore
 
@@ -75,6 +81,9 @@ def attend_with_lse(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention returning (out [B,H,S,D], lse [B,H,S] in fp32)."""
     kernel = resolve_kernel(kernel, q.device)
+    if kernel == "fp8":
+        raise ValueError("attention kernel 'fp8' returns no log-sum-exp, which ring layouts merge by: use cudnn, "
+                         "flash or efficient with --ring > 1")
     scale = 1.0 / math.sqrt(q.shape[-1])
     if q.is_cuda and kernel == "flash_attn":
         from flash_attn import flash_attn_func  # type: ignore

@@ -7,8 +7,8 @@ runs through `torch._scaled_mm` with both scale vectors and a bf16 result, which
 on Hopper is cuBLAS' fp8 tensor-core path (about 1.8x the bf16 matmul rate).
 
 Only the linears inside the 48 blocks are quantised: they hold ~99% of the DiT's
-parameters and ~55% of its FLOPs (the rest is attention, which stays bf16: torch
-has no fp8 attention kernel). Embedders, the final layer and norms stay in the
+parameters and ~55% of its FLOPs (the rest is attention, which stays bf16 unless
+`--attention fp8` picks cuDNN's fp8 kernel, fp8_attention.py). Embedders, the final layer and norms stay in the
 compute dtype. The conditioning linears (mod_x / mod_y) see one row per sample;
 their rows are padded to the 16 that the fp8 kernels need.
 """

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .attention import LocalJointAttention
+from .attention import LocalJointAttention, resolve_kernel
 from .checkpoints import CheckpointError, ModelDir, load_module
 from .dit import AsymmDiT
 from .sampler import CFGVelocity, StepCallback, euler_sample, initial_noise, linear_quadratic_schedule
@@ -73,6 +73,7 @@ def load_dit(md: ModelDir, device: torch.device, dtype: torch.dtype, attention: 
 
 def prepare_dit(dit: AsymmDiT, device: torch.device, attention: str = "auto", compile: bool | None = None) -> AsymmDiT:
     """Attention kernel, eval mode, and compiled blocks on GPU unless told not to."""
+    resolve_kernel(attention, device)  # an unknown kernel, or one this device lacks, fails at load, not mid-request
     dit.joint_attention = LocalJointAttention(attention)
     dit = dit.eval().requires_grad_(False)
     if compile if compile is not None else device.type == "cuda":

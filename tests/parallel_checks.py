@@ -23,7 +23,7 @@ class CountCats(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_q) -> None:
+def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_q, ulysses_chunks: int = 1) -> None:
     from mochi_runtime.checkpoints import ModelDir
     from mochi_runtime.parallel.topology import ParallelGroups
     from mochi_runtime.parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
@@ -38,7 +38,8 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
         groups = ParallelGroups(layout)
         md = ModelDir.open(model_dir)
         ref_dit = load_dit(md, torch.device("cpu"), torch.float32)
-        par = SequenceParallelDiT(load_dit(md, torch.device("cpu"), torch.float32), groups, "sdpa")
+        par = SequenceParallelDiT(load_dit(md, torch.device("cpu"), torch.float32), groups, "sdpa",
+                                  ulysses_chunks=ulysses_chunks)
         g = torch.Generator().manual_seed(5)
         # 3 x 5 x 7 = 105 patches: does not divide 2 or 4.
         x = torch.randn(1, 12, 3, 10, 14, generator=g)

@@ -52,6 +52,34 @@ def test_forward_and_velocity_match_single_process(layout, official_dir):
             assert qkv_cats == 0, (rank, qkv_cats)
 
 
+@pytest.mark.parametrize("layout,chunks", [(Layout(1, 2, 1), 4), (Layout(2, 2, 1), 2), (Layout(1, 4, 1), 2)],
+                         ids=["ulysses2-4chunks", "cfg2-ulysses2-2chunks", "ulysses4-2chunks"])
+def test_ulysses_exchanges_split_by_heads_match_single_process(layout, chunks, official_dir):
+    """Ulysses all-to-alls posted in head chunks (to overlap attention on GPU) compute the same function, still
+    without [visual; text] concatenations."""
+    q = mp.get_context("spawn").Queue()
+    mp.start_processes(forward_check, args=(layout.world, layout, free_port(), str(official_dir), q, chunks),
+                       nprocs=layout.world, start_method="spawn")
+    for rank, fwd_err, vel_err, hole_err, qkv_cats in [q.get(timeout=60) for _ in range(layout.world)]:
+        assert fwd_err <= 1e-5 and vel_err <= 2e-5 and hole_err <= 1e-5, (rank, fwd_err, vel_err, hole_err)
+        assert qkv_cats == 0, (rank, qkv_cats)
+
+
+def test_worker_group_with_ulysses_chunks_matches_single_process(official_dir, reference):
+    _, cond, uncond, ref, bound = reference
+    spec = GroupSpec(Layout(1, 2, 1), model_dir=str(official_dir), threads=1, ulysses_chunks=2)
+    with WorkerGroup(spec) as group:
+        out = group.denoise(REQUEST, cond, uncond)
+    assert float((out - ref).abs().max()) <= bound
+
+
+def test_ulysses_chunks_are_checked_before_workers_start():
+    with pytest.raises(ValueError, match="ring 1 layouts"):
+        GroupSpec(Layout(1, 2, 2), ulysses_chunks=2)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        GroupSpec(Layout(1, 2, 1), ulysses_chunks=0)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: l.describe().split(" (")[0])
 def test_three_step_generation_matches_single_process(layout, official_dir, reference):
     _, cond, uncond, ref, bound = reference

@@ -19,6 +19,7 @@ import gc
 import torch
 import torch.nn.functional as F
 
+from ..attention import LocalJointAttention
 from ..config import DiTConfig, get_preset
 from .common import peak_gib, print_table, rel_err, time_cuda, write_record
 from .dit import build_dit, cfg_inputs
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--fp8", action="store_true", help="also time the fp8 mode (block linears in e4m3)")
+    ap.add_argument("--fp8-attention", action="store_true",
+                    help="also time fp8 linears + fp8 attention (cuDNN, needs nvidia-cudnn-frontend)")
     ap.add_argument("--profile", action="store_true", help="kernel-time breakdown of one step per mode")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -129,12 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     rates = {"bf16_matmul_tflops": round(matmul_tflops(torch.bfloat16), 1),
              "fp8_matmul_tflops": round(matmul_tflops(torch.float8_e4m3fn), 1)}
     print(rates, flush=True)
-    modes = ["bf16"] + (["fp8"] if a.fp8 else [])
+    modes = ["bf16"] + (["fp8"] if a.fp8 else []) + (["fp8+attention"] if a.fp8_attention else [])
     rows, outputs = [], {}
     for mode in modes:
         dit = build_dit(a.preset, dev, torch.bfloat16)
-        if mode == "fp8":
+        if mode.startswith("fp8"):
             quantize_blocks_(dit)
+        if mode == "fp8+attention":
+            dit.joint_attention = LocalJointAttention("fp8")
         weights_gib = weight_bytes(dit) / 2**30
         dit.compile_blocks()
         for frames in frames_list:
