@@ -5,5 +5,6 @@
 source scripts/gpu/setup.sh
 mkdir -p "$OUT"
 python3 -c "import torch, cudnn; print('cudnn frontend', cudnn.__version__, 'backend', cudnn.backend_version())" 2>&1 | tail -1
-timeout 540 python3 -m mochi_runtime.bench step --frames 49 --fp8 --fp8-attention --profile --warmup 1 --iters 4 \
+timeout 120 python3 scripts/gpu/fp8_attention_probe.py "$OUT/fp8_attention_probe.json" 2>&1 | grep -v -i warn | tail -22
+timeout 420 python3 -m mochi_runtime.bench step --frames 49 --fp8 --fp8-attention --profile --warmup 1 --iters 4 \
   --json "$OUT/step_fp8_attention_49f.json" 2>&1 | grep -v -i warn | tail -14
