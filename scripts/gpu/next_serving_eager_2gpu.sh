@@ -8,4 +8,4 @@ mkdir -p "$OUT"
 python3 -m mochi_runtime.bench load --dir /tmp/mochi-full --device cuda --parts vae 2>&1 | grep -v Warning | tail -1
 env -u PYTHONPATH $SERVE_PY -m mochi_runtime.bench serving --model-dir /tmp/mochi-full --deployments ${DEPLOYMENT:-0,1@2x1x1} \
   --frames 25 --compile false --throughput '' --history-check --json "$OUT/serving_eager_cfg2.json" 2>&1 \
-  | grep -v -i warning | grep -v "^I1127\|^+---\|^|" | tail -20
+  | grep -v -i warning | grep -Ev "^[IWE][0-9]{4} |^\+---|^\|" | tail -20

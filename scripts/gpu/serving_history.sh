@@ -8,4 +8,4 @@ source scripts/gpu/setup_serving.sh
 mkdir -p "$OUT"
 python3 -m mochi_runtime.bench load --dir /tmp/mochi-full --device cuda --parts vae 2>&1 | grep -v Warning | tail -2
 env -u PYTHONPATH $SERVE_PY -m mochi_runtime.bench serving --model-dir /tmp/mochi-full --deployments ${DEPLOYMENT:-0@1x1x1} \
-  $EXTRA --throughput '' --history-check --json "$OUT/serving_history.json" 2>&1 | grep -v -i warning | grep -v "^I1127\|^+---\|^|" | tail -30
+  $EXTRA --throughput '' --history-check --json "$OUT/serving_history.json" 2>&1 | grep -v -i warning | grep -Ev "^[IWE][0-9]{4} |^\+---|^\|" | tail -30
