@@ -150,12 +150,17 @@ class AsymmetricAttention(nn.Module):
         if update_y:
             self.proj_y = nn.Linear(dx, dy)
 
-    def project(self, x: torch.Tensor, y: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
+    def project(self, x: torch.Tensor, y: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                visual_split: int | None = None):
         """Q/K/V of both streams, QK-normed, RoPE on visual Q/K; head-major [B, H, S, D].
 
         Each of Q, K, V is written as one [B, H, N+L, D] buffer, visual tokens then text, and handed over as
         two views: the attention can take "visual + valid text" as a slice instead of concatenating copies
         (under torch.compile the norms and RoPE write straight into that buffer).
+
+        visual_split=U (Ulysses over U ranks, token-major exchange): the visual Q, K, V instead come as one
+        [3, B, U, N, H/U, D] buffer, each (sample, destination rank) block contiguous and token-major, so the
+        exchange sends and receives without packing copies; text Q/K/V stay [B, H, L, D].
         """
         b, n, _ = x.shape
         l = y.shape[1]
@@ -164,6 +169,11 @@ class AsymmetricAttention(nn.Module):
         k_x = apply_rope(self.k_norm_x(k_x), *rope)
         q_y, k_y, v_y = self.qkv_y(y).view(b, l, 3, self.num_heads, -1).unbind(2)
         q_y, k_y = self.q_norm_y(q_y), self.k_norm_y(k_y)
+        if visual_split is not None:
+            u = visual_split
+            visual = torch.stack([q_x, k_x, v_x]).view(3, b, n, u, self.num_heads // u, -1)
+            visual = visual.permute(0, 1, 3, 2, 4, 5).contiguous()
+            return (*visual.unbind(0), *(t.transpose(1, 2) for t in (q_y, k_y, v_y)))
         out = []
         for vis, txt in ((q_x, q_y), (k_x, k_y), (v_x, v_y)):
             joint = torch.cat([vis, txt], dim=1).transpose(1, 2).contiguous()
@@ -192,14 +202,15 @@ class AsymmetricJointBlock(nn.Module):
         if update_y:
             self.mlp_y = FeedForward(dy, cfg.mlp_hidden_y)
 
-    def pre_attention(self, x, c, y, rope):
+    def pre_attention(self, x, c, y, rope, visual_split: int | None = None):
         """Modulation, pre-norms and Q/K/V (pointwise-heavy: the part torch.compile fuses)."""
         c = F.silu(c)
         scale_msa_x, gate_msa_x, scale_mlp_x, gate_mlp_x = cond_linear(self.mod_x, c).chunk(4, dim=1)
         mod_y = cond_linear(self.mod_y, c)
         mods_y = mod_y.chunk(4, dim=1) if self.update_y else (mod_y,)
         qkv = self.attn.project(
-            modulated_rmsnorm(x, scale_msa_x, self.eps), modulated_rmsnorm(y, mods_y[0], self.eps), rope
+            modulated_rmsnorm(x, scale_msa_x, self.eps), modulated_rmsnorm(y, mods_y[0], self.eps), rope,
+            visual_split,
         )
         return qkv, (gate_msa_x, scale_mlp_x, gate_mlp_x), mods_y[1:]
 
@@ -216,7 +227,8 @@ class AsymmetricJointBlock(nn.Module):
         return x, y
 
     def forward(self, x, c, y, y_mask, rope, joint_attention: JointAttention):
-        qkv, mods_x, mods_y = self.pre_attention(x, c, y, rope)
+        # An attention may ask for the visual Q/K/V in the layout it exchanges (see AsymmetricAttention.project).
+        qkv, mods_x, mods_y = self.pre_attention(x, c, y, rope, getattr(joint_attention, "visual_split", None))
         out_x, out_y = joint_attention(*qkv, y_mask)
         return self.post_attention(x, y, out_x, out_y, mods_x, mods_y)
 

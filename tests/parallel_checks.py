@@ -23,7 +23,8 @@ class CountCats(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_q, ulysses_chunks: int = 1) -> None:
+def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_q, ulysses_chunks: int = 1,
+                  token_major: bool = False) -> None:
     from mochi_runtime.checkpoints import ModelDir
     from mochi_runtime.parallel.topology import ParallelGroups
     from mochi_runtime.parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
@@ -39,7 +40,16 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
         md = ModelDir.open(model_dir)
         ref_dit = load_dit(md, torch.device("cpu"), torch.float32)
         par = SequenceParallelDiT(load_dit(md, torch.device("cpu"), torch.float32), groups, "sdpa",
-                                  ulysses_chunks=ulysses_chunks)
+                                  ulysses_chunks=ulysses_chunks, token_major=token_major)
+        used = {"token_major": 0}
+        if token_major and hasattr(par.attention, "_ulysses_token_major"):
+            inner = par.attention._ulysses_token_major
+
+            def counted(*args):
+                used["token_major"] += 1
+                return inner(*args)
+
+            par.attention._ulysses_token_major = counted
         g = torch.Generator().manual_seed(5)
         # 3 x 5 x 7 = 105 patches: does not divide 2 or 4.
         x = torch.randn(1, 12, 3, 10, 14, generator=g)
@@ -67,7 +77,7 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
             v_ref = CFGVelocity(ref_dit, cond, uncond, 4.5)(x, 0.8)
             v_par = ParallelCFGVelocity(par, cond, uncond, 4.5)(x, 0.8)
             vel_err = float((v_par - v_ref).abs().max())
-        out_q.put((rank, fwd_err, vel_err, hole_err, qkv_cats))
+        out_q.put((rank, fwd_err, vel_err, hole_err, qkv_cats, used["token_major"]))
     finally:
         dist.destroy_process_group()
 

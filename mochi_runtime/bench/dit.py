@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--ulysses-chunks", type=int, default=1,
                     help="with --layouts: split each Ulysses exchange by heads to overlap attention (ring 1 layouts)")
+    ap.add_argument("--ulysses-token-major", action="store_true",
+                    help="with --layouts: Ulysses exchanges point-to-point between token-major blocks (no packing)")
     ap.add_argument("--compile-parts", default="pre_attention,post_attention",
                     help="with --layouts: which block halves to compile (bisecting numerics)")
     ap.add_argument("--json", default=None)
@@ -164,6 +166,7 @@ def main_parallel(a: argparse.Namespace) -> int:
     opts = {"preset": a.preset, "frames": a.frames, "height": a.height, "width": a.width,
             "cond_tokens": a.cond_tokens, "attention": a.attention, "compile": not a.no_compile,
             "compile_parts": [p for p in a.compile_parts.split(",") if p], "ulysses_chunks": a.ulysses_chunks,
+            "token_major": a.ulysses_token_major,
             "warmup": a.warmup, "iters": a.iters, "weights": "replicated", "budget_gib": a.gpu_budget_gib,
             "profile": a.profile, "depth": a.depth}
     modes = [m for m in a.weights.split(",") if m]
@@ -227,7 +230,7 @@ def main_parallel(a: argparse.Namespace) -> int:
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "preset": a.preset,
                   "cond_tokens": a.cond_tokens},
         "compile": not a.no_compile, "compile_parts": opts["compile_parts"], "ulysses_chunks": a.ulysses_chunks,
-        "attention": a.attention,
+        "ulysses_token_major": a.ulysses_token_major, "attention": a.attention,
         "gpu_budget_gib": a.gpu_budget_gib,
     })
     return 0

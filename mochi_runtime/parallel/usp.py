@@ -121,12 +121,21 @@ def gather_heads(x: torch.Tensor, group, degree: int) -> torch.Tensor:
 class USPJointAttention:
     """JointAttention over a sequence-parallel group (see module docstring)."""
 
-    def __init__(self, groups: ParallelGroups, kernel: str = "auto", ulysses_chunks: int = 1) -> None:
+    def __init__(self, groups: ParallelGroups, kernel: str = "auto", ulysses_chunks: int = 1,
+                 token_major: bool = False) -> None:
         """ulysses_chunks: split each Ulysses exchange by heads into this many pieces, posted at once, so the
-        transfer of piece i+1 (and the way back of piece i) overlaps attention on piece i (ring 1 only)."""
+        transfer of piece i+1 (and the way back of piece i) overlaps attention on piece i (ring 1 only).
+        token_major: the projections write visual Q/K/V per (sample, destination) block, token-major, and the
+        exchange is point-to-point into buffers attention reads as they are: no packing or reassembly copies
+        of Q/K/V, one of the output (ring 1, Ulysses > 1; see _ulysses_token_major)."""
         if ulysses_chunks < 1:
             raise ValueError(f"ulysses_chunks must be >= 1, got {ulysses_chunks}")
+        if token_major and ulysses_chunks != 1:
+            raise ValueError("token_major exchanges whole blocks: use ulysses_chunks 1")
         self.ulysses_chunks = ulysses_chunks
+        # Read by AsymmetricJointBlock: the layout the projections write the visual Q/K/V in.
+        U = groups.layout.ulysses
+        self.visual_split = U if token_major and groups.layout.ring == 1 and U > 1 else None
         if kernel == "fp8" and groups.layout.ring > 1:
             raise ValueError("attention kernel 'fp8' returns no log-sum-exp, which ring layouts merge by: use ring 1 "
                              "(ulysses / cfg-parallel) or a bf16 kernel")
@@ -180,11 +189,17 @@ class USPJointAttention:
             return self.local(q_x, k_x, v_x, q_y, k_y, v_y, y_mask)
         g = self.groups
         U = g.layout.ulysses
-        h = q_x.shape[1] // U
+        h = q_y.shape[1] // U
         heads = slice(g.ulysses_index * h, (g.ulysses_index + 1) * h)
         q_y, k_y, v_y = (t[:, heads] for t in (q_y, k_y, v_y))
         groups = self.text_groups(y_mask)
-        if g.layout.ring == 1 and all(tg.prefix is not None for tg in groups):
+        prefixes = all(tg.prefix is not None for tg in groups)
+        if q_x.dim() == 5:  # [B, U, n, H/U, D] blocks from the projections (visual_split)
+            if g.layout.ring == 1 and prefixes:
+                return self._ulysses_token_major(q_x, k_x, v_x, q_y, k_y, v_y, groups)
+            q_x, k_x, v_x = (t.permute(0, 1, 3, 2, 4).reshape(t.shape[0], -1, t.shape[2], t.shape[4])
+                             for t in (q_x, k_x, v_x))  # a mask with holes: back to head-major, general path
+        if g.layout.ring == 1 and prefixes:
             return self._ulysses_joint(q_x, k_x, v_x, q_y, k_y, v_y, groups)
         q_x, k_x, v_x = (seq_to_heads(t, g.ulysses_group, U) for t in (q_x, k_x, v_x))
         block_len = q_x.shape[2]
@@ -238,6 +253,63 @@ class USPJointAttention:
         return out, gather_heads(out_y, g.ulysses_group, U)
 
 
+    def _ulysses_token_major(self, q_x, k_x, v_x, q_y, k_y, v_y, groups):
+        """Ulysses with prefix text masks, visual Q/K/V as [B, U, n, H/U, D] (each block a destination's).
+
+        Per sample, each rank receives its heads of the whole sequence into one token-major buffer per tensor,
+        [rows, H/U, D], block u at rows u*n: NCCL writes it there (point-to-point, one batched launch), this rank's
+        own block is copied in, the text rows follow the visual ones (queries after every visual row, keys and
+        values after the valid ones, overwriting padding), and attention reads [1, H/U, rows, D] views of them.
+        The output goes back the same way, token-major per destination, and lands in one [B, n, H, D] buffer
+        that the output projection reads without a transpose copy."""
+        g = self.groups
+        U, me, ranks = g.layout.ulysses, g.ulysses_index, g.ulysses_ranks
+        b, _, n, hu, d = q_x.shape
+        block_len = U * n
+        valid = min(block_len, self.valid_tokens)
+        text_len = q_y.shape[2]
+        bufs = [[q_x.new_empty((block_len + text_len) * hu * d) for _ in range(b)] for _ in range(3)]
+        ops = []
+        for t, x in enumerate((q_x, k_x, v_x)):
+            for s in range(b):
+                for u in range(U):
+                    rows = bufs[t][s][u * n * hu * d:(u + 1) * n * hu * d]
+                    if u == me:
+                        rows.view(n, hu, d).copy_(x[s, u])
+                    else:
+                        ops += [dist.P2POp(dist.isend, x[s, u], ranks[u], g.ulysses_group),
+                                dist.P2POp(dist.irecv, rows, ranks[u], g.ulysses_group)]
+        for work in dist.batch_isend_irecv(ops) if ops else []:
+            work.wait()
+        out_y = torch.zeros_like(q_y)
+        outs = [None] * b  # per sample: [1, hu, rows, D] attention output
+        for sel, idx, prefix in groups:
+            for s in (range(b)[sel] if isinstance(sel, slice) else sel):
+                q, k, v = (buf.view(block_len + text_len, hu, d) for buf in (bufs[0][s], bufs[1][s], bufs[2][s]))
+                q[block_len:block_len + prefix] = q_y[s, :, :prefix].transpose(0, 1)
+                k[valid:valid + prefix] = k_y[s, :, :prefix].transpose(0, 1)
+                v[valid:valid + prefix] = v_y[s, :, :prefix].transpose(0, 1)
+                o = attend(q[:block_len + prefix].transpose(0, 1)[None], k[:valid + prefix].transpose(0, 1)[None],
+                           v[:valid + prefix].transpose(0, 1)[None], self.kernel)
+                outs[s] = o
+                put_rows(out_y, [s], idx, o[:, :, block_len:])
+        back = q_x.new_empty(b, U, n, hu, d)  # from each source rank: its heads of this rank's rows
+        ops = []
+        for s in range(b):
+            rows_first = outs[s][0].transpose(0, 1)  # [rows, hu, D] (a view; token-major when the kernel is)
+            for u in range(U):
+                mine = rows_first[u * n:(u + 1) * n].contiguous()
+                if u == me:
+                    back[s, u].copy_(mine)
+                else:
+                    ops += [dist.P2POp(dist.isend, mine, ranks[u], g.ulysses_group),
+                            dist.P2POp(dist.irecv, back[s, u], ranks[u], g.ulysses_group)]
+        for work in dist.batch_isend_irecv(ops) if ops else []:
+            work.wait()
+        token_major = back.permute(0, 2, 1, 3, 4).reshape(b, n, U * hu, d)  # the one reassembly copy
+        return token_major.transpose(1, 2), gather_heads(out_y, g.ulysses_group, U)
+
+
 class SequenceParallelDiT:
     """Runs one AsymmDiT forward with its visual tokens sharded over the sp group.
 
@@ -245,7 +317,7 @@ class SequenceParallelDiT:
     """
 
     def __init__(self, dit: AsymmDiT, groups: ParallelGroups, kernel: str = "auto", engine: str = "ours",
-                 ulysses_chunks: int = 1) -> None:
+                 ulysses_chunks: int = 1, token_major: bool = False) -> None:
         """engine: "ours" (USPJointAttention) or "xdit" (xfuser's USP behind the same interface, GPU only).
         ulysses_chunks: see USPJointAttention; must divide the heads each Ulysses rank holds."""
         self.dit, self.groups = dit, groups
@@ -255,11 +327,11 @@ class SequenceParallelDiT:
         if engine == "xdit":
             from .xdit import XDiTJointAttention
 
-            if ulysses_chunks != 1:
-                raise ValueError("ulysses_chunks applies to our engine only")
+            if ulysses_chunks != 1 or token_major:
+                raise ValueError("ulysses_chunks and token_major apply to our engine only")
             self.attention: USPJointAttention | XDiTJointAttention = XDiTJointAttention(groups, kernel)
         elif engine == "ours":
-            self.attention = USPJointAttention(groups, kernel, ulysses_chunks)
+            self.attention = USPJointAttention(groups, kernel, ulysses_chunks, token_major)
         else:
             raise ValueError(f"attention engine must be 'ours' or 'xdit', got {engine!r}")
         dit.joint_attention = self.attention
