@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from client.loadtest import closed_loop
 from mochi_runtime.bench.serving import Deployment, step_intervals
@@ -134,3 +135,18 @@ def test_parallel_dit_benchmark_runs_shallow_models_for_error_growth(tmp_path, m
     assert first["rel_err_eager_vs_1gpu"] == first["rel_err_vs_1gpu"]  # nothing compiled
     assert "rel_err_vs_earlier_run" not in first
     assert second["rel_err_vs_earlier_run"] == 0.0  # a layout named twice: fresh processes, same numbers on CPU
+
+
+@pytest.mark.parametrize("name", ["step", "vae"])
+def test_gpu_benchmarks_parse_the_arguments_their_scripts_pass(name, monkeypatch):
+    """The GPU-only benchmarks get as far as asking for a GPU with the flags scripts/gpu/ passes (an argparse
+    slip would otherwise surface only on a lent machine)."""
+    import importlib
+
+    argv = {"step": ["--frames", "49", "--fp8", "--fp8-attention", "--profile", "--warmup", "1", "--iters", "4",
+                     "--cond-tokens", "64", "--json", "x.json"],
+            "vae": ["--frames", "163,49", "--gpus", "1", "--tiles", "6", "--warmup", "1", "--iters", "2",
+                    "--height", "480", "--width", "848", "--no-diffusers"]}[name]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a GPU"):
+        importlib.import_module(f"mochi_runtime.bench.{name}").main(argv)

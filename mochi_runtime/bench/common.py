@@ -13,6 +13,21 @@ from typing import Callable
 import torch
 
 
+def add_shape_args(ap, frames: int | str, *, cond_tokens: bool = True, warmup: int = 2, iters: int = 5) -> None:
+    """Model size, video shape and timing arguments of the GPU benchmarks. `frames` as a str: a comma list."""
+    ap.add_argument("--preset", default="mochi-1-preview")
+    if isinstance(frames, str):
+        ap.add_argument("--frames", default=frames, help="comma list of frame counts")
+    else:
+        ap.add_argument("--frames", type=int, default=frames)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=848)
+    if cond_tokens:
+        ap.add_argument("--cond-tokens", type=int, default=64, help="valid tokens of the prompt")
+    ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--iters", type=int, default=iters)
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in fp32: how every benchmark states a difference from its reference."""
     a, b = a.float(), b.float().to(a.device)

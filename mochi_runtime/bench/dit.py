@@ -16,7 +16,7 @@ from ..checkpoints import dit_key_map, to_diffusers
 from ..config import get_preset
 from ..dit import AsymmDiT
 from ..tiny import init_random_dit_
-from .common import peak_gib, print_table, rel_err, time_cuda, write_record
+from .common import add_shape_args, peak_gib, print_table, rel_err, time_cuda, write_record
 
 
 def cfg_inputs(cfg, frames: int, height: int, width: int, cond_tokens: int, device, dtype, seed: int = 0):
@@ -65,14 +65,8 @@ def diffusers_twin(dit: AsymmDiT):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mochi_runtime.bench dit")
-    ap.add_argument("--preset", default="mochi-1-preview")
-    ap.add_argument("--frames", type=int, default=49)
-    ap.add_argument("--height", type=int, default=480)
-    ap.add_argument("--width", type=int, default=848)
-    ap.add_argument("--cond-tokens", type=int, default=64)
+    add_shape_args(ap, 49)
     ap.add_argument("--attention", default="auto")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--no-diffusers", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--ulysses-chunks", type=int, default=1,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..attention import LocalJointAttention
 from ..config import DiTConfig, get_preset
-from .common import peak_gib, print_table, rel_err, time_cuda, write_record
+from .common import add_shape_args, peak_gib, print_table, rel_err, time_cuda, write_record
 from .dit import build_dit, cfg_inputs
 
 CATEGORIES = ("matmul", "attention", "pointwise (triton)", "copies", "communication", "other")
@@ -109,13 +109,7 @@ def profile_step(fn) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mochi_runtime.bench step")
-    ap.add_argument("--preset", default="mochi-1-preview")
-    ap.add_argument("--frames", default="49", help="comma list")
-    ap.add_argument("--height", type=int, default=480)
-    ap.add_argument("--width", type=int, default=848)
-    ap.add_argument("--cond-tokens", type=int, default=64)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=5)
+    add_shape_args(ap, "49")
     ap.add_argument("--fp8", action="store_true", help="also time the fp8 mode (block linears in e4m3)")
     ap.add_argument("--fp8-attention", action="store_true",
                     help="also time fp8 linears + fp8 attention (cuDNN, needs nvidia-cudnn-frontend)")

@@ -21,7 +21,7 @@ from ..parallel.topology import free_port, join_loopback_group
 from ..tiny import init_random_
 from ..vae import VAEDecoder
 from ..vae_tiling import TilePlan, decode_tiled, estimate_bytes, grid_plan
-from .common import peak_gib, print_table, run_ranks, write_record
+from .common import add_shape_args, peak_gib, print_table, run_ranks, write_record
 
 
 def build_vae(preset: str, device, dtype, seed: int = 0) -> VAEDecoder:
@@ -106,15 +106,10 @@ def run_spread(world: int, opts: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mochi_runtime.bench vae")
-    ap.add_argument("--preset", default="mochi-1-preview")
-    ap.add_argument("--frames", default="49,163", help="comma list of frame counts")
-    ap.add_argument("--height", type=int, default=480)
-    ap.add_argument("--width", type=int, default=848)
+    add_shape_args(ap, "49,163", cond_tokens=False, warmup=1, iters=3)
     ap.add_argument("--gpus", default="2,4", help="comma list of GPU counts to spread one decode over")
     ap.add_argument("--piece-elements", type=int, default=TilePlan.piece_elements)
     ap.add_argument("--tiles", default="4,8", help="comma list of spatial tile counts to time on one GPU")
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--no-diffusers", action="store_true")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
