@@ -109,6 +109,21 @@ def heads_to_seq(x: torch.Tensor, group, degree: int) -> torch.Tensor:
     return out
 
 
+def swap_blocks(pairs, me: int, ranks: list[int], group) -> None:
+    """Point-to-point exchange of (send, recv, peer index) blocks over a group: the block addressed to this rank
+    is copied, the rest go in one batched launch. Every rank must list its pairs with each peer in the order
+    that peer lists its own."""
+    ops = []
+    for send, recv, u in pairs:
+        if u == me:
+            recv.copy_(send)
+        else:
+            ops += [dist.P2POp(dist.isend, send.contiguous(), ranks[u], group),
+                    dist.P2POp(dist.irecv, recv, ranks[u], group)]
+    for work in dist.batch_isend_irecv(ops) if ops else []:
+        work.wait()
+
+
 def gather_heads(x: torch.Tensor, group, degree: int) -> torch.Tensor:
     """All-gather head slices [B, H/U, L, D] -> [B, H, L, D]."""
     if degree == 1:
@@ -252,7 +267,6 @@ class USPJointAttention:
             land_seq(out, pending.wait(), C, c)
         return out, gather_heads(out_y, g.ulysses_group, U)
 
-
     def _ulysses_token_major(self, q_x, k_x, v_x, q_y, k_y, v_y, groups):
         """Ulysses with prefix text masks, visual Q/K/V as [B, U, n, H/U, D] (each block a destination's).
 
@@ -268,24 +282,15 @@ class USPJointAttention:
         block_len = U * n
         valid = min(block_len, self.valid_tokens)
         text_len = q_y.shape[2]
-        bufs = [[q_x.new_empty((block_len + text_len) * hu * d) for _ in range(b)] for _ in range(3)]
-        ops = []
-        for t, x in enumerate((q_x, k_x, v_x)):
-            for s in range(b):
-                for u in range(U):
-                    rows = bufs[t][s][u * n * hu * d:(u + 1) * n * hu * d]
-                    if u == me:
-                        rows.view(n, hu, d).copy_(x[s, u])
-                    else:
-                        ops += [dist.P2POp(dist.isend, x[s, u], ranks[u], g.ulysses_group),
-                                dist.P2POp(dist.irecv, rows, ranks[u], g.ulysses_group)]
-        for work in dist.batch_isend_irecv(ops) if ops else []:
-            work.wait()
+        bufs = [[q_x.new_empty(block_len + text_len, hu, d) for _ in range(b)] for _ in range(3)]
+        swap_blocks([(x[s, u], bufs[t][s][u * n:(u + 1) * n], u)
+                     for t, x in enumerate((q_x, k_x, v_x)) for s in range(b) for u in range(U)],
+                    me, ranks, g.ulysses_group)
         out_y = torch.zeros_like(q_y)
         outs = [None] * b  # per sample: [1, hu, rows, D] attention output
         for sel, idx, prefix in groups:
             for s in (range(b)[sel] if isinstance(sel, slice) else sel):
-                q, k, v = (buf.view(block_len + text_len, hu, d) for buf in (bufs[0][s], bufs[1][s], bufs[2][s]))
+                q, k, v = bufs[0][s], bufs[1][s], bufs[2][s]
                 q[block_len:block_len + prefix] = q_y[s, :, :prefix].transpose(0, 1)
                 k[valid:valid + prefix] = k_y[s, :, :prefix].transpose(0, 1)
                 v[valid:valid + prefix] = v_y[s, :, :prefix].transpose(0, 1)
@@ -294,18 +299,10 @@ class USPJointAttention:
                 outs[s] = o
                 put_rows(out_y, [s], idx, o[:, :, block_len:])
         back = q_x.new_empty(b, U, n, hu, d)  # from each source rank: its heads of this rank's rows
-        ops = []
-        for s in range(b):
-            rows_first = outs[s][0].transpose(0, 1)  # [rows, hu, D] (a view; token-major when the kernel is)
-            for u in range(U):
-                mine = rows_first[u * n:(u + 1) * n].contiguous()
-                if u == me:
-                    back[s, u].copy_(mine)
-                else:
-                    ops += [dist.P2POp(dist.isend, mine, ranks[u], g.ulysses_group),
-                            dist.P2POp(dist.irecv, back[s, u], ranks[u], g.ulysses_group)]
-        for work in dist.batch_isend_irecv(ops) if ops else []:
-            work.wait()
+        # outs[s][0].transpose(0, 1): [rows, hu, D], a view (token-major, so sent without a copy, when the kernel
+        # writes its output in the layout of its query)
+        swap_blocks([(outs[s][0].transpose(0, 1)[u * n:(u + 1) * n], back[s, u], u)
+                     for s in range(b) for u in range(U)], me, ranks, g.ulysses_group)
         token_major = back.permute(0, 2, 1, 3, 4).reshape(b, n, U * hu, d)  # the one reassembly copy
         return token_major.transpose(1, 2), gather_heads(out_y, g.ulysses_group, U)
 

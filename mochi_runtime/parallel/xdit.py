@@ -31,6 +31,7 @@ import torch.distributed as dist
 from ..attention import TextGroups, put_rows
 from .topology import ParallelGroups
 
+
 class XDiTUnavailable(RuntimeError):
     pass
 
