@@ -35,9 +35,9 @@ def quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def _to_e4m3(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    """(q8, k8, v8, sq, sk, sv): compiled on GPU into one reduction and one conversion pass per tensor."""
+    """(q8, k8, v8, sq, sk, sv, 1/sv): compiled on GPU into one reduction and one conversion pass per tensor."""
     sq, sk, sv = tensor_scale(q), tensor_scale(k), tensor_scale(v)
-    return quantize(q, sq), quantize(k, sk), quantize(v, sv), sq, sk, sv
+    return quantize(q, sq), quantize(k, sk), quantize(v, sv), sq, sk, sv, 1.0 / sv
 
 
 def _widen(out8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -49,6 +49,7 @@ class _Plan:
     graph: Any
     tensors: dict[str, Any]
     workspace: torch.Tensor
+    constants: dict[str, torch.Tensor]  # the probabilities' scale and the amax outputs nothing reads: made once
 
 
 class CudnnFp8Attention:
@@ -108,25 +109,30 @@ class CudnnFp8Attention:
         graph.check_support()
         graph.build_plans()
         workspace = torch.empty(graph.get_workspace_size(), dtype=torch.uint8, device=self.device)
-        self.plans[key] = plan = _Plan(graph, t, workspace)
+        scalar = dict(dtype=torch.float32, device=self.device)
+        constants = {"scale_s": torch.full((1, 1, 1, 1), E4M3_MAX, **scalar),
+                     "descale_s": torch.full((1, 1, 1, 1), 1.0 / E4M3_MAX, **scalar),
+                     "amax_s": torch.empty((1, 1, 1, 1), **scalar), "amax_o": torch.empty((1, 1, 1, 1), **scalar)}
+        self.plans[key] = plan = _Plan(graph, t, workspace, constants)
         return plan
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         assert q.ndim == 4 and k.shape == v.shape and q.shape[:2] == k.shape[:2] and q.shape[3] == k.shape[3], \
             f"fp8 attention takes [B, H, S, D] q/k/v, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        q8, k8, v8, sq, sk, sv = self.to_e4m3(q, k, v)
+        quantized = self.to_e4m3(q, k, v)
         plan = self._plan(tuple(q.shape), tuple(k.shape))
         out = torch.empty(q.shape, dtype=E4M3, device=q.device)
-        p_scale = torch.full((1, 1, 1, 1), E4M3_MAX, dtype=torch.float32, device=q.device)
-        amax = torch.empty((2, 1, 1, 1, 1), dtype=torch.float32, device=q.device)
-        t = plan.tensors
-        pack = {t["q"]: q8, t["k"]: k8, t["v"]: v8,
-                t["descale_q"]: sq, t["descale_k"]: sk, t["descale_v"]: sv,
-                t["descale_s"]: 1.0 / p_scale, t["scale_s"]: p_scale, t["scale_o"]: 1.0 / sv,
-                t["o"]: out, t["amax_s"]: amax[0], t["amax_o"]: amax[1]}
         self.cudnn.set_stream(handle=self.handle, stream=torch.cuda.current_stream(q.device).cuda_stream)
-        plan.graph.execute(pack, plan.workspace, handle=self.handle)
-        return self.widen(out, sv, q.dtype)
+        plan.graph.execute(self.variant_pack(plan, quantized, out), plan.workspace, handle=self.handle)
+        return self.widen(out, quantized[5], q.dtype)
+
+    @staticmethod
+    def variant_pack(plan: _Plan, quantized: tuple[torch.Tensor, ...], out: torch.Tensor) -> dict:
+        """The graph's tensors bound to data: `quantized` as `to_e4m3` returns it, `out` the e4m3 output."""
+        q8, k8, v8, sq, sk, sv, inv_sv = quantized
+        t = plan.tensors
+        return {t["q"]: q8, t["k"]: k8, t["v"]: v8, t["descale_q"]: sq, t["descale_k"]: sk, t["descale_v"]: sv,
+                t["scale_o"]: inv_sv, t["o"]: out, **{t[name]: value for name, value in plan.constants.items()}}
 
 
 @functools.cache
