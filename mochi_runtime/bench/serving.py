@@ -181,15 +181,15 @@ def in_process(dep: Deployment, a, embeds: np.ndarray, mask: np.ndarray, load_wa
 
     load_warmup: first run the generation mochi_dit runs when it loads (a different shape compiled first)."""
     from ..parallel import GroupSpec, Layout, WorkerGroup
+    from ..serving.adapters import switch
     from ..serving.dit_engine import load_warmup as server_warmup
     from ..text_encoder import TextEmbedding
     from ..validation import GenerationRequest
 
     feats, m = torch.from_numpy(embeds.copy()), torch.from_numpy(mask.astype(np.bool_))
     cond, uncond = TextEmbedding(feats[1:], m[1:]), TextEmbedding(feats[:1], m[:1])
-    compile_dit = {"auto": None, "true": True, "false": False}[a.compile]  # as mochi_dit reads it
     with WorkerGroup(GroupSpec(Layout.parse(dep.layout), a.model_dir, dep.gpu_sets[0] or None,
-                               compile=compile_dit)) as group:
+                               compile=switch({"compile": a.compile}, "compile"))) as group:  # as mochi_dit reads it
         if load_warmup:
             first, z = server_warmup(feats.shape[-1])
             group.denoise(first, z, z)
