@@ -126,15 +126,27 @@ def test_parallel_dit_benchmark_runs_shallow_models_for_error_growth(tmp_path, m
 
     out = tmp_path / "dit.json"
     monkeypatch.setattr(sys, "argv", ["dit"])
-    assert main(["--preset", "tiny", "--layouts", "1x2x1,1x2x1", "--no-compile", "--iters", "1", "--warmup", "0",
-                 "--frames", "13", "--height", "64", "--width", "96", "--depth", "2", "--json", str(out)]) == 0
+    assert main(["--preset", "tiny", "--layouts", "1x2x1,1x2x1", "--engines", "ours,ours:tm", "--no-compile",
+                 "--iters", "1", "--warmup", "0", "--frames", "13", "--height", "64", "--width", "96", "--depth", "2",
+                 "--json", str(out)]) == 0
     rec = json.loads(out.read_text())
-    assert rec["depth"] == 2 and [r["layout"] for r in rec["results"]] == ["1x1x1", "1x2x1", "1x2x1"]
-    first, second = rec["results"][1:]
+    assert rec["depth"] == 2 and [r["layout"] for r in rec["results"]] == ["1x1x1"] + ["1x2x1"] * 4
+    assert [r.get("engine") for r in rec["results"][1:]] == ["ours", "ours:tm"] * 2
+    assert rec["engines"]["ours:tm"] == {"engine": "ours", "ulysses_chunks": 1, "token_major": True}
+    first, token_major, second, _ = rec["results"][1:]
     assert first["rel_err_vs_1gpu"] < 1e-5
     assert first["rel_err_eager_vs_1gpu"] == first["rel_err_vs_1gpu"]  # nothing compiled
-    assert "rel_err_vs_earlier_run" not in first
+    assert "rel_err_vs_earlier_run" not in first and "rel_err_vs_first_engine" not in first
+    assert token_major["rel_err_vs_first_engine"] < 1e-5 and token_major["rel_err_vs_1gpu"] < 1e-5
     assert second["rel_err_vs_earlier_run"] == 0.0  # a layout named twice: fresh processes, same numbers on CPU
+
+
+@pytest.mark.parametrize("spec", ["ours:c0", "ours:tm2", "xdit:tm", "theirs", "ours:"])
+def test_parallel_dit_benchmark_refuses_an_unknown_engine_before_starting_anything(spec):
+    from mochi_runtime.bench.dit import main
+
+    with pytest.raises(SystemExit, match="--engines: .* is not one of ours, ours:cN"):
+        main(["--preset", "tiny", "--layouts", "1x2x1", "--engines", f"ours,{spec}"])
 
 
 @pytest.mark.parametrize("name", ["step", "vae"])

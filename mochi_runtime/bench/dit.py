@@ -69,10 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attention", default="auto")
     ap.add_argument("--no-diffusers", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--ulysses-chunks", type=int, default=1,
-                    help="with --layouts: split each Ulysses exchange by heads to overlap attention (ring 1 layouts)")
-    ap.add_argument("--ulysses-token-major", action="store_true",
-                    help="with --layouts: Ulysses exchanges point-to-point between token-major blocks (no packing)")
     ap.add_argument("--compile-parts", default="pre_attention,post_attention",
                     help="with --layouts: which block halves to compile (bisecting numerics)")
     ap.add_argument("--json", default=None)
@@ -87,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list of DiT weight modes to time per layout: replicated, sharded (FSDP2 over the "
                          "world), sharded-sp (FSDP2 within each CFG half); '@N' prefetches N blocks (sharded@2)")
     ap.add_argument("--engines", default="ours",
-                    help="with --layouts: comma list of attention engines to time per layout: ours, xdit (xfuser "
-                         "0.7.0's USP, GPU only); xdit's output is compared with ours on the same layout")
+                    help="with --layouts: comma list of attention engines to time per layout: ours, ours:cN (each "
+                         "Ulysses exchange split into N head chunks that overlap attention), ours:tm (token-major "
+                         "point-to-point Ulysses exchange), xdit (xfuser 0.7.0's USP, GPU only); every engine's "
+                         "output is compared with the first one's on the same layout")
     ap.add_argument("--depth", type=int, default=None,
                     help="with --layouts: blocks to keep (default: the preset's 48); the bf16 error of each layout "
                          "against 1 GPU after that many blocks")
@@ -146,6 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def engine_variant(spec: str) -> dict:
+    """`ours`, `ours:cN`, `ours:tm` or `xdit` -> the SequenceParallelDiT options it names. Variants of one
+    invocation share its 1-GPU baseline, so they are compared in the same run at the cost of one baseline."""
+    name, colon, variant = spec.partition(":")
+    if name in ("ours", "xdit") and not colon:
+        return {"engine": name, "ulysses_chunks": 1, "token_major": False}
+    if name == "ours" and variant == "tm":
+        return {"engine": "ours", "ulysses_chunks": 1, "token_major": True}
+    if name == "ours" and variant[:1] == "c" and variant[1:].isdigit() and int(variant[1:]) >= 1:
+        return {"engine": "ours", "ulysses_chunks": int(variant[1:]), "token_major": False}
+    raise SystemExit(f"--engines: {spec!r} is not one of ours, ours:cN (N >= 1), ours:tm, xdit")
+
+
 def main_parallel(a: argparse.Namespace) -> int:
     """Per-step latency of sharded layouts against one GPU, same weights and inputs, one invocation."""
     from ..parallel.topology import Layout
@@ -159,14 +170,12 @@ def main_parallel(a: argparse.Namespace) -> int:
             raise SystemExit(f"--gpus {a.gpus} != world of {layouts[0].describe()}")
     opts = {"preset": a.preset, "frames": a.frames, "height": a.height, "width": a.width,
             "cond_tokens": a.cond_tokens, "attention": a.attention, "compile": not a.no_compile,
-            "compile_parts": [p for p in a.compile_parts.split(",") if p], "ulysses_chunks": a.ulysses_chunks,
-            "token_major": a.ulysses_token_major,
+            "compile_parts": [p for p in a.compile_parts.split(",") if p],
             "warmup": a.warmup, "iters": a.iters, "weights": "replicated", "budget_gib": a.gpu_budget_gib,
             "profile": a.profile, "depth": a.depth}
     modes = [m for m in a.weights.split(",") if m]
     engines = [e for e in a.engines.split(",") if e]
-    if any(e not in ("ours", "xdit") for e in engines):
-        raise SystemExit(f"--engines takes ours and/or xdit, got {a.engines!r}")
+    variants = {e: engine_variant(e) for e in engines}  # refuses a misspelt engine before any GPU work
     base = run_layout(Layout(1, 1, 1), opts)
     print(f"1 GPU: {base['ms']:.1f} ms/step", flush=True)
     rows = [{"layout": "1x1x1", "gpus": 1, "weights": "replicated", "ms_per_cfg_step": round(base["ms"], 1),
@@ -179,12 +188,12 @@ def main_parallel(a: argparse.Namespace) -> int:
         for mode in modes:
             if mode.startswith("sharded-sp") and lay.cfg == 1:
                 continue  # the same as sharded over the world
-            ours_v = None
+            first_v = None
             for engine in engines:
                 name = lay.name()
                 what = f"{lay.describe()} {mode}" + (f" [{engine}]" if len(engines) > 1 else "")
                 try:
-                    r = run_layout(lay, dict(opts, weights=mode, engine=engine))
+                    r = run_layout(lay, dict(opts, weights=mode, **variants[engine]))
                 except RuntimeError as e:  # a crashed layout is recorded, the others still run
                     r = {"error": str(e)}
                 if "error" in r:
@@ -203,28 +212,29 @@ def main_parallel(a: argparse.Namespace) -> int:
                 if first is not r:
                     row["rel_err_vs_earlier_run"] = rel_err(r["v"], first["v"])
                     row["rel_err_eager_vs_earlier_run"] = rel_err(r["v_eager"], first["v_eager"])
-                if engine == "ours":
-                    ours_v = r
-                elif ours_v is not None:  # the other engine against ours, same layout, weights and inputs
-                    row["rel_err_vs_ours"] = rel_err(r["v"], ours_v["v"])
-                    row["rel_err_eager_vs_ours"] = rel_err(r["v_eager"], ours_v["v_eager"])
+                if first_v is None:
+                    first_v = r
+                else:  # this engine against the first one named: same layout, weights and inputs
+                    row["rel_err_vs_first_engine"] = rel_err(r["v"], first_v["v"])
+                    row["rel_err_eager_vs_first_engine"] = rel_err(r["v_eager"], first_v["v_eager"])
                 rows.append(row)
                 if r.get("profile"):
                     print(f"{what} rank 0 kernels: {r['profile']['by_category_ms']}", flush=True)
                 print(f"{what}: {r['ms']:.1f} ms/step, {base['ms'] / r['ms']:.2f}x, rel err {err:.2e} "
                       f"(eager {row['rel_err_eager_vs_1gpu']:.2e})"
-                      + (f", vs ours {row['rel_err_vs_ours']:.2e}" if "rel_err_vs_ours" in row else "")
+                      + (f", vs {engines[0]} {row['rel_err_vs_first_engine']:.2e} (eager "
+                         f"{row['rel_err_eager_vs_first_engine']:.2e})" if "rel_err_vs_first_engine" in row else "")
                       + (f", vs its earlier run {row['rel_err_vs_earlier_run']:.2e}"
                          if "rel_err_vs_earlier_run" in row else ""), flush=True)
     print_table(rows, ["layout", "gpus", "weights", "engine", "ms_per_cfg_step", "speedup", "rel_err_vs_1gpu",
-                       "rel_err_eager_vs_1gpu", "rel_err_vs_ours", "rel_err_vs_earlier_run", "peak_gib_per_gpu",
+                       "rel_err_eager_vs_1gpu", "rel_err_vs_first_engine", "rel_err_vs_earlier_run", "peak_gib_per_gpu",
                        "weight_gib_per_gpu"])
     write_record(a.json, "dit-parallel", rows, rows[0], {
         "depth": a.depth,
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "preset": a.preset,
                   "cond_tokens": a.cond_tokens},
-        "compile": not a.no_compile, "compile_parts": opts["compile_parts"], "ulysses_chunks": a.ulysses_chunks,
-        "ulysses_token_major": a.ulysses_token_major, "attention": a.attention,
+        "compile": not a.no_compile, "compile_parts": opts["compile_parts"], "engines": variants,
+        "attention": a.attention,
         "gpu_budget_gib": a.gpu_budget_gib,
     })
     return 0

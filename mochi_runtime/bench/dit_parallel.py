@@ -34,11 +34,9 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
         dit = build_dit(opts["preset"], dev, dtype, shard_group=shard_group, prefetch=int(prefetch or 1),
                         depth=opts.get("depth"))
         weight_gib = local_parameter_count(dit) * dit.x_embedder.proj.weight.element_size() / 2**30
-        engine = opts.get("engine", "ours")
-        ours = engine == "ours"  # chunks and token-major are our engine's
-        model = SequenceParallelDiT(dit, groups, opts["attention"], engine,
-                                    opts.get("ulysses_chunks", 1) if layout.ring == 1 and ours else 1,
-                                    bool(opts.get("token_major")) and ours)
+        model = SequenceParallelDiT(dit, groups, opts["attention"], opts.get("engine", "ours"),
+                                    opts.get("ulysses_chunks", 1) if layout.ring == 1 else 1,
+                                    opts.get("token_major", False))
         x, _, y, mask = cfg_inputs(dit.cfg, opts["frames"], opts["height"], opts["width"], opts["cond_tokens"],
                                    dev, dtype)
         uncond, cond = TextEmbedding(y[:1], mask[:1]), TextEmbedding(y[1:], mask[1:])
