@@ -78,19 +78,27 @@ def categorise(name: str) -> str:
 
 
 def profile_step(fn) -> dict:
-    """GPU kernel time of one call of fn, by category (ms), plus the top kernels."""
+    """GPU kernel time of one call of fn, by category (ms), plus the top kernels, and the host operators that took
+    the most CPU time: when the step's wall time exceeds its kernel time, the GPU waited on something, and the
+    host side says whether it was the launching thread."""
+    import time
+
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
         fn()
         torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - t0) * 1000
     by_cat = {c: 0.0 for c in CATEGORIES}
-    kernels = []
+    kernels, host = [], []
     for evt in prof.key_averages():
         if getattr(evt, "device_type", None) != DeviceType.CUDA:
+            if evt.self_cpu_time_total > 0:
+                host.append((evt.self_cpu_time_total / 1000, evt.count, evt.key[:90]))
             continue
         us = getattr(evt, "self_device_time_total", None)
         if us is None:
@@ -101,7 +109,10 @@ def profile_step(fn) -> dict:
         kernels.append((us / 1000, evt.count, evt.key[:90]))
     kernels.sort(reverse=True)
     total = sum(by_cat.values())
-    return {"kernel_ms": round(total, 1),
+    host.sort(reverse=True)
+    return {"kernel_ms": round(total, 1), "profiled_wall_ms": round(wall_ms, 1),
+            "host_self_ms": round(sum(ms for ms, _, _ in host), 1),
+            "top_host_ops": [{"ms": round(ms, 2), "calls": c, "name": n} for ms, c, n in host[:12]],
             "by_category_ms": {k: round(v, 1) for k, v in by_cat.items()},
             "by_category_share": {k: round(v / total, 3) if total else 0.0 for k, v in by_cat.items()},
             "top_kernels": [{"ms": round(ms, 2), "calls": c, "name": n} for ms, c, n in kernels[:12]]}
