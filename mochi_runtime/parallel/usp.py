@@ -109,19 +109,12 @@ def heads_to_seq(x: torch.Tensor, group, degree: int) -> torch.Tensor:
     return out
 
 
-def swap_blocks(pairs, me: int, ranks: list[int], group) -> None:
-    """Point-to-point exchange of (send, recv, peer index) blocks over a group: the block addressed to this rank
-    is copied, the rest go in one batched launch. Every rank must list its pairs with each peer in the order
-    that peer lists its own."""
-    ops = []
-    for send, recv, u in pairs:
-        if u == me:
-            recv.copy_(send)
-        else:
-            ops += [dist.P2POp(dist.isend, send.contiguous(), ranks[u], group),
-                    dist.P2POp(dist.irecv, recv, ranks[u], group)]
-    for work in dist.batch_isend_irecv(ops) if ops else []:
-        work.wait()
+def swap_blocks(exchanges, group) -> None:
+    """Per exchange, (blocks to send, blocks to receive into), both listed by peer index over `group`: one
+    all-to-all each, straight between the given views (no packing). A list all-to-all, not batched point-to-point:
+    on NCCL the batched point-to-point wait synchronised the host with the GPU, twice a block (2026-11-27)."""
+    for sends, recvs in exchanges:
+        dist.all_to_all(list(recvs), [t.contiguous() for t in sends], group=group)
 
 
 def gather_heads(x: torch.Tensor, group, degree: int) -> torch.Tensor:
@@ -141,7 +134,7 @@ class USPJointAttention:
         """ulysses_chunks: split each Ulysses exchange by heads into this many pieces, posted at once, so the
         transfer of piece i+1 (and the way back of piece i) overlaps attention on piece i (ring 1 only).
         token_major: the projections write visual Q/K/V per (sample, destination) block, token-major, and the
-        exchange is point-to-point into buffers attention reads as they are: no packing or reassembly copies
+        exchange is a list all-to-all into buffers attention reads as they are: no packing or reassembly copies
         of Q/K/V, one of the output (ring 1, Ulysses > 1; see _ulysses_token_major)."""
         if ulysses_chunks < 1:
             raise ValueError(f"ulysses_chunks must be >= 1, got {ulysses_chunks}")
@@ -271,21 +264,20 @@ class USPJointAttention:
         """Ulysses with prefix text masks, visual Q/K/V as [B, U, n, H/U, D] (each block a destination's).
 
         Per sample, each rank receives its heads of the whole sequence into one token-major buffer per tensor,
-        [rows, H/U, D], block u at rows u*n: NCCL writes it there (point-to-point, one batched launch), this rank's
-        own block is copied in, the text rows follow the visual ones (queries after every visual row, keys and
+        [rows, H/U, D], block u at rows u*n: NCCL writes it there (one list all-to-all per tensor and sample, this
+        rank's own block included), the text rows follow the visual ones (queries after every visual row, keys and
         values after the valid ones, overwriting padding), and attention reads [1, H/U, rows, D] views of them.
         The output goes back the same way, token-major per destination, and lands in one [B, n, H, D] buffer
         that the output projection reads without a transpose copy."""
         g = self.groups
-        U, me, ranks = g.layout.ulysses, g.ulysses_index, g.ulysses_ranks
+        U = g.layout.ulysses
         b, _, n, hu, d = q_x.shape
         block_len = U * n
         valid = min(block_len, self.valid_tokens)
         text_len = q_y.shape[2]
         bufs = [[q_x.new_empty(block_len + text_len, hu, d) for _ in range(b)] for _ in range(3)]
-        swap_blocks([(x[s, u], bufs[t][s][u * n:(u + 1) * n], u)
-                     for t, x in enumerate((q_x, k_x, v_x)) for s in range(b) for u in range(U)],
-                    me, ranks, g.ulysses_group)
+        swap_blocks([([x[s, u] for u in range(U)], [bufs[t][s][u * n:(u + 1) * n] for u in range(U)])
+                     for t, x in enumerate((q_x, k_x, v_x)) for s in range(b)], g.ulysses_group)
         out_y = torch.zeros_like(q_y)
         outs = [None] * b  # per sample: [1, hu, rows, D] attention output
         for sel, idx, prefix in groups:
@@ -301,8 +293,8 @@ class USPJointAttention:
         back = q_x.new_empty(b, U, n, hu, d)  # from each source rank: its heads of this rank's rows
         # outs[s][0].transpose(0, 1): [rows, hu, D], a view (token-major, so sent without a copy, when the kernel
         # writes its output in the layout of its query)
-        swap_blocks([(outs[s][0].transpose(0, 1)[u * n:(u + 1) * n], back[s, u], u)
-                     for s in range(b) for u in range(U)], me, ranks, g.ulysses_group)
+        swap_blocks([([outs[s][0].transpose(0, 1)[u * n:(u + 1) * n] for u in range(U)], list(back[s]))
+                     for s in range(b)], g.ulysses_group)
         token_major = back.permute(0, 2, 1, 3, 4).reshape(b, n, U * hu, d)  # the one reassembly copy
         return token_major.transpose(1, 2), gather_heads(out_y, g.ulysses_group, U)
 
