@@ -68,7 +68,7 @@ def test_ulysses_exchanges_split_by_heads_match_single_process(layout, chunks, o
 @pytest.mark.parametrize("layout", [Layout(1, 2, 1), Layout(2, 2, 1), Layout(1, 4, 1)],
                          ids=["ulysses2", "cfg2-ulysses2", "ulysses4"])
 def test_token_major_ulysses_exchange_matches_single_process(layout, official_dir):
-    """Projections writing per-destination token-major blocks, exchanged point-to-point: the same function (batch 2
+    """Projections writing per-destination token-major blocks, exchanged by list all-to-alls: the same function (batch 2
     with different text lengths, padding, a mask with holes falling back to the general path), no concatenation."""
     q = mp.get_context("spawn").Queue()
     mp.start_processes(forward_check, args=(layout.world, layout, free_port(), str(official_dir), q, 1, True),
@@ -77,7 +77,7 @@ def test_token_major_ulysses_exchange_matches_single_process(layout, official_di
                                                                            for _ in range(layout.world)]:
         assert fwd_err <= 1e-5 and vel_err <= 2e-5 and hole_err <= 1e-5, (rank, fwd_err, vel_err, hole_err)
         assert qkv_cats == 0, (rank, qkv_cats)
-        assert token_major_calls > 0  # the point-to-point path ran (the holed mask took the general one)
+        assert token_major_calls > 0  # the token-major path ran (the holed mask took the general one)
 
 
 def test_worker_group_with_ulysses_chunks_matches_single_process(official_dir, reference):

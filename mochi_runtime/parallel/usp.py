@@ -110,9 +110,8 @@ def heads_to_seq(x: torch.Tensor, group, degree: int) -> torch.Tensor:
 
 
 def swap_blocks(exchanges, group) -> None:
-    """Per exchange, (blocks to send, blocks to receive into), both listed by peer index over `group`: one
-    all-to-all each, straight between the given views (no packing). A list all-to-all, not batched point-to-point:
-    on NCCL the batched point-to-point wait synchronised the host with the GPU, twice a block (2026-11-27)."""
+    """Per exchange, (blocks to send, blocks to receive into), both listed by peer index over `group`: one list
+    all-to-all each, straight between the given views (no packing; this rank's own block included)."""
     for sends, recvs in exchanges:
         dist.all_to_all(list(recvs), [t.contiguous() for t in sends], group=group)
 
@@ -289,7 +288,8 @@ class USPJointAttention:
                 o = attend(q[:block_len + prefix].transpose(0, 1)[None], k[:valid + prefix].transpose(0, 1)[None],
                            v[:valid + prefix].transpose(0, 1)[None], self.kernel)
                 outs[s] = o
-                put_rows(out_y, [s], idx, o[:, :, block_len:])
+                put_rows(out_y, slice(s, s + 1), idx, o[:, :, block_len:])  # a slice: a list index would
+                # go to the GPU through a host-synchronising copy (twice a block, 2026-11-27)
         back = q_x.new_empty(b, U, n, hu, d)  # from each source rank: its heads of this rank's rows
         # outs[s][0].transpose(0, 1): [rows, hu, D], a view (token-major, so sent without a copy, when the kernel
         # writes its output in the layout of its query)
