@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", default="ours",
                     help="with --layouts: comma list of attention engines to time per layout: ours, ours:cN (each "
                          "Ulysses exchange split into N head chunks that overlap attention), ours:tm (token-major "
-                         "Ulysses exchange without packing copies), xdit (xfuser 0.7.0's USP, GPU only); every engine's "
-                         "output is compared with the first one's on the same layout")
+                         "Ulysses exchange without packing copies), xdit (xfuser 0.7.0's USP, GPU only); every "
+                         "engine's output is compared with the first one's on the same layout")
     ap.add_argument("--depth", type=int, default=None,
                     help="with --layouts: blocks to keep (default: the preset's 48); the bf16 error of each layout "
                          "against 1 GPU after that many blocks")
