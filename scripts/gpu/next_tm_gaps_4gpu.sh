@@ -1,6 +1,7 @@
-# 4-GPU call (#3): token-major Ulysses ran 391.9 ms a step where its kernels add up to 276.4 ms (2026-11-27 17:18):
-# where do the ~115 ms of idle GPU come from? Rank 0's profile now lists the host operators by CPU time beside the
-# kernels (a launching thread blocked in a sync or a slow NCCL call shows there). Carry: .whl
+# 4-GPU call (#3): token-major Ulysses against the current exchange, cfg 2 x ulysses 2, with rank 0's host operators
+# by CPU time beside its kernels. 2026-11-27: kernels 277.7 ms but 96 cudaStreamSynchronize a step (a list index
+# in put_rows, since replaced by a slice); the next run of this script shows whether the slice removed them.
+# Carry: .whl
 source scripts/gpu/setup.sh
 mkdir -p "$OUT"
 timeout 300 python3 -m mochi_runtime.bench dit --layouts 2x2x1 --engines ours,ours:tm --profile --no-diffusers \

@@ -1,6 +1,6 @@
 # 4-GPU call (#3): one invocation, one 1-GPU baseline, per layout three engines in fresh groups:
 #   ours     the current exchange (2026-11-27 15:05: cfg 2 x ulysses 2 293.5 ms = 3.39x; 3.6x needs 276.7 ms);
-#   ours:tm  token-major Ulysses: projections write per-destination blocks exchanged point-to-point into the
+#   ours:tm  token-major Ulysses: projections write per-destination blocks exchanged (list all-to-all) into the
 #            buffers attention reads (no Q/K/V packing or reassembly; one output copy instead of two);
 #   xdit     xfuser 0.7.0's USP, the seed's engine.
 # Every run first takes one eager step: rel_err_eager_vs_1gpu is the bf16 check (compiled groups differ by
