@@ -1,5 +1,5 @@
 """fp8 attention (`--attention fp8`): refusals where it cannot run, and the scaling scheme's error on a model of
-the cuDNN graph. The kernel itself runs on Hopper GPUs only (scripts/gpu/next_fp8_attention_1gpu.sh)."""
+the cuDNN graph. The kernel itself runs on Hopper GPUs only (scripts/gpu/fp8_attention_1gpu.sh)."""
 from __future__ import annotations
 
 import math

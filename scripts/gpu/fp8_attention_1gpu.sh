@@ -1,5 +1,5 @@
-# Next 1-GPU call (#9): cuDNN fp8 attention (`--attention fp8`, mochi_runtime/fp8_attention.py; written and
-# CPU-tested on a model of the graph, never run on a GPU yet) on top of the fp8 linears, against bf16 and fp8-linears
+# 1-GPU call (#9): cuDNN fp8 attention (`--attention fp8`, mochi_runtime/fp8_attention.py; first run 2026-11-27 by
+# xdit_flash_fp8_4gpu.sh on GPU 0 of a 4x H200, docs/benchmarks.md) on top of the fp8 linears, against bf16 and fp8-linears
 # in the same process, with the kernel breakdown. Build the wheel first: scripts/gpu/pack_cudnn_frontend_wheel.sh.
 # Carry: .whl .whl-cudnn
 source scripts/gpu/setup.sh

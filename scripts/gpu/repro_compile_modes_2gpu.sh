@@ -1,4 +1,4 @@
-# 2-GPU call for the next session (#7): which compile mode makes two fresh cfg-2 worker groups bit-equal
+# 2-GPU call (#7; run 2026-11-27, docs/bench/group_repro_cfg2_h200.json): which compile mode makes two fresh cfg-2 worker groups bit-equal
 # (they differed by 1.6e-2 on 2x H200 while each group repeats itself exactly).
 # Carry: .whl
 source scripts/gpu/setup.sh

@@ -1,4 +1,4 @@
-# 4-GPU call for the next session (#3, #9): the sequence-parallel wrapper without Q/K/V concatenation
+# 4-GPU call (#3, #9; run 2026-11-27 15:05, docs/bench/dit_parallel_49f_nocopy_h200x4.json): the sequence-parallel wrapper without Q/K/V concatenation
 # (one GPU through the wrapper = the serving path; cfg 2 alone = the single-process attention; ulysses = the
 # all-to-all writing next to the text rows), every layout against 1 GPU in one invocation, rank 0's kernels.
 # Carry: .whl
