@@ -8,18 +8,25 @@ import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
-class CountCats(TorchDispatchMode):
+class ForwardAudit(TorchDispatchMode):
     """Counts concatenations of [B, H, S, D] tensors along S: [visual; text] Q/K/V built by copying. (The
-    projections' own write of each joint buffer concatenates token-major [B, S, H, D] along dim 1.)"""
+    projections' own write of each joint buffer concatenates token-major [B, S, H, D] along dim 1.)
+
+    Also counts tensors made from host data inside the forward (`lift_fresh`: a Python list used as an index,
+    `torch.tensor(...)`): on a GPU each is a copy from pageable host memory, which blocks the host until the
+    GPU has drained its queue."""
 
     def __init__(self) -> None:
         super().__init__()
         self.four_d = 0
+        self.host_tensors = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         dim = args[1] if len(args) > 1 else (kwargs or {}).get("dim", 0)
         if func is torch.ops.aten.cat.default and args[0] and args[0][0].dim() == 4 and dim in (2, -2):
             self.four_d += 1
+        if func is torch.ops.aten.lift_fresh.default:
+            self.host_tensors += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -62,10 +69,12 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
         with torch.inference_mode():
             # Full forward, batch 2 with different text lengths, on the sp group.
             ref = ref_dit(x.expand(2, -1, -1, -1, -1), sigma, feats, mask)
-            with CountCats() as cats:
+            with ForwardAudit() as cats:
                 out = par(x.expand(2, -1, -1, -1, -1), sigma, feats, mask)
             fwd_err = float((out - ref).abs().max())
             qkv_cats = cats.four_d
+            with ForwardAudit() as again:  # text groups are cached now: what every later forward does
+                par(x.expand(2, -1, -1, -1, -1), sigma, feats, mask)
             # A text mask that is not a prefix (a hole in it) takes the general path
             holes = mask.clone()
             holes[1, 4] = False
@@ -77,7 +86,8 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
             v_ref = CFGVelocity(ref_dit, cond, uncond, 4.5)(x, 0.8)
             v_par = ParallelCFGVelocity(par, cond, uncond, 4.5)(x, 0.8)
             vel_err = float((v_par - v_ref).abs().max())
-        out_q.put((rank, fwd_err, vel_err, hole_err, qkv_cats, used["token_major"]))
+        out_q.put({"rank": rank, "fwd_err": fwd_err, "vel_err": vel_err, "hole_err": hole_err, "qkv_cats": qkv_cats,
+                   "token_major_calls": used["token_major"], "host_tensors": again.host_tensors})
     finally:
         dist.destroy_process_group()
 
