@@ -1,10 +1,10 @@
-# 4-GPU call (#3): token-major Ulysses against the current exchange, cfg 2 x ulysses 2, with rank 0's host operators
+# 4-GPU call (#3): token-major Ulysses against the current exchange (cfg 2 x ulysses 2, ulysses 4), with rank 0's host operators
 # by CPU time beside its kernels. 2026-11-27: kernels 277.7 ms but 96 cudaStreamSynchronize a step (a list index
 # in put_rows, since replaced by a slice); the next run of this script shows whether the slice removed them.
 # Carry: .whl
 source scripts/gpu/setup.sh
 mkdir -p "$OUT"
-timeout 300 python3 -m mochi_runtime.bench dit --layouts 2x2x1 --engines ours,ours:tm --profile --no-diffusers \
+timeout 420 python3 -m mochi_runtime.bench dit --layouts 2x2x1,1x4x1 --engines ours,ours:tm --profile --no-diffusers \
   --warmup 1 --iters 2 --json "$OUT/dit_tm_host_4gpu.json" 2>&1 | grep -v -i warn | tail -3
 python3 - "$OUT/dit_tm_host_4gpu.json" <<'PY'
 import json, sys
