@@ -1,6 +1,6 @@
 # 4-GPU call (#3): token-major Ulysses against the current exchange (cfg 2 x ulysses 2, ulysses 4), with rank 0's
-# host operators by CPU time beside its kernels. 2026-11-27: kernels 277.7 ms but 96 cudaStreamSynchronize a step (a list index
-# in put_rows, since replaced by a slice); the next run of this script shows whether the slice removed them.
+# host operators by CPU time beside its kernels. 2026-11-27: kernels 277.7 ms but 96 cudaStreamSynchronize a
+# step (a list index in put_rows, since replaced by a slice); this run shows whether the slice removed them.
 # Carry: .whl
 source scripts/gpu/setup.sh
 mkdir -p "$OUT"
