@@ -90,6 +90,19 @@ def test_worker_group_with_ulysses_chunks_matches_single_process(official_dir, r
     assert float((out - ref).abs().max()) <= bound
 
 
+def test_ring_layouts_refuse_the_ring_1_exchange_variants():
+    """The attention itself refuses chunks or token-major on a ring layout (it would take the general path and
+    ignore them), so a benchmark row named after a variant is that variant. Checked before any group is used."""
+    from types import SimpleNamespace
+
+    from mochi_runtime.parallel.usp import USPJointAttention
+
+    ring = SimpleNamespace(layout=Layout(1, 2, 2))
+    for kwargs in ({"ulysses_chunks": 2}, {"token_major": True}):
+        with pytest.raises(ValueError, match="ring 1 layouts; ring 2 takes the general path"):
+            USPJointAttention(ring, **kwargs)
+
+
 def test_ulysses_chunks_are_checked_before_workers_start():
     with pytest.raises(ValueError, match="ring 1 layouts"):
         GroupSpec(Layout(1, 2, 2), ulysses_chunks=2)

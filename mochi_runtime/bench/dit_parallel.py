@@ -35,8 +35,7 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
                         depth=opts.get("depth"))
         weight_gib = local_parameter_count(dit) * dit.x_embedder.proj.weight.element_size() / 2**30
         model = SequenceParallelDiT(dit, groups, opts["attention"], opts.get("engine", "ours"),
-                                    opts.get("ulysses_chunks", 1) if layout.ring == 1 else 1,
-                                    opts.get("token_major", False))
+                                    opts.get("ulysses_chunks", 1), opts.get("token_major", False))
         x, _, y, mask = cfg_inputs(dit.cfg, opts["frames"], opts["height"], opts["width"], opts["cond_tokens"],
                                    dev, dtype)
         uncond, cond = TextEmbedding(y[:1], mask[:1]), TextEmbedding(y[1:], mask[1:])

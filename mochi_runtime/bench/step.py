@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import time
 
 import torch
 import torch.nn.functional as F
@@ -81,8 +82,6 @@ def profile_step(fn) -> dict:
     """GPU kernel time of one call of fn, by category (ms), plus the top kernels, and the host operators that took
     the most CPU time: when the step's wall time exceeds its kernel time, the GPU waited on something, and the
     host side says whether it was the launching thread."""
-    import time
-
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 

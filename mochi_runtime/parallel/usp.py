@@ -139,10 +139,14 @@ class USPJointAttention:
             raise ValueError(f"ulysses_chunks must be >= 1, got {ulysses_chunks}")
         if token_major and ulysses_chunks != 1:
             raise ValueError("token_major exchanges whole blocks: use ulysses_chunks 1")
+        if (ulysses_chunks != 1 or token_major) and groups.layout.ring > 1:
+            raise ValueError(f"ulysses_chunks and token_major change the Ulysses exchange of ring 1 layouts; ring "
+                             f"{groups.layout.ring} takes the general path (got ulysses_chunks {ulysses_chunks}, "
+                             f"token_major {token_major})")
         self.ulysses_chunks = ulysses_chunks
         # Read by AsymmetricJointBlock: the layout the projections write the visual Q/K/V in.
         U = groups.layout.ulysses
-        self.visual_split = U if token_major and groups.layout.ring == 1 and U > 1 else None
+        self.visual_split = U if token_major and U > 1 else None
         if kernel == "fp8" and groups.layout.ring > 1:
             raise ValueError("attention kernel 'fp8' returns no log-sum-exp, which ring layouts merge by: use ring 1 "
                              "(ulysses / cfg-parallel) or a bf16 kernel")
