@@ -62,7 +62,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
             raise LayoutError(f"--gpus {gpus} must equal cfg x ulysses x ring = {layout.world}")
         denoiser = WorkerGroup(GroupSpec(layout, a.model_dir, tuple(range(gpus)) if gpus else None, a.dtype,
                                          a.attention, compile_dit, weights=weights,
-                                         attention_engine=a.attention_engine, ulysses_chunks=a.ulysses_chunks))
+                                         attention_engine=a.attention_engine))
     pipe = MochiPipeline.from_dir(a.model_dir, device=a.device, dtype=a.dtype, attention=a.attention, limits=limits,
                                   denoiser=denoiser, parallel_decode=a.parallel_vae,
                                   offload_text_encoder=offload_t5, tile_plan=tile_plan, compile=compile_dit)
@@ -135,8 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--ulysses", type=int, default=1, help="Ulysses (head-sharding) degree")
     g.add_argument("--ring", type=int, default=1, help="Ring-attention degree")
     g.add_argument("--cfg-parallel", action="store_true", help="run the two guidance branches on two halves")
-    g.add_argument("--ulysses-chunks", type=int, default=1,
-                   help="split each Ulysses exchange by heads so transfers overlap attention (ring 1)")
     g.add_argument("--attention-engine", default="ours", choices=["ours", "xdit"],
                    help="the group's joint attention: ours, or xfuser 0.7.0's USP for comparison (GPUs only, "
                         "pip install '.[xdit]')")

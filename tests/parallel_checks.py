@@ -30,8 +30,7 @@ class ForwardAudit(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_q, ulysses_chunks: int = 1,
-                  token_major: bool = False) -> None:
+def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_q) -> None:
     from mochi_runtime.checkpoints import ModelDir
     from mochi_runtime.parallel.topology import ParallelGroups
     from mochi_runtime.parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
@@ -46,10 +45,9 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
         groups = ParallelGroups(layout)
         md = ModelDir.open(model_dir)
         ref_dit = load_dit(md, torch.device("cpu"), torch.float32)
-        par = SequenceParallelDiT(load_dit(md, torch.device("cpu"), torch.float32), groups, "sdpa",
-                                  ulysses_chunks=ulysses_chunks, token_major=token_major)
-        used = {"token_major": 0}
-        if token_major and hasattr(par.attention, "_ulysses_token_major"):
+        par = SequenceParallelDiT(load_dit(md, torch.device("cpu"), torch.float32), groups, "sdpa")
+        used = {"token_major": 0}  # forwards that took the token-major Ulysses exchange
+        if hasattr(par.attention, "_ulysses_token_major"):
             inner = par.attention._ulysses_token_major
 
             def counted(*args):

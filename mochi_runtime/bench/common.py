@@ -115,19 +115,24 @@ def run_ranks(fn: Callable, nprocs: int, args: tuple, what: str):
     """Spawn fn(rank, *args, out_q) on nprocs processes and return the one result rank 0 puts on out_q.
 
     The result is read before joining (a child cannot exit while its queued result is unread), and join()
-    is polled meanwhile so a crashed rank raises instead of leaving us waiting.
+    is polled meanwhile so a crashed rank raises (RuntimeError, with the rank's error) instead of leaving us
+    waiting.
     """
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
     q = mp.get_context("spawn").Queue()
     procs = mp.start_processes(fn, args=(*args, q), nprocs=nprocs, start_method="spawn", join=False)
-    while True:
-        try:
-            result = q.get(timeout=1.0)
-            break
-        except queue.Empty:
-            if procs.join(timeout=0):
-                raise RuntimeError(f"{what}: ranks exited without a result")
-    while not procs.join():
-        pass
+    try:
+        while True:
+            try:
+                result = q.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if procs.join(timeout=0):
+                    raise RuntimeError(f"{what}: ranks exited without a result")
+        while not procs.join():
+            pass
+    except ProcessException as e:  # a rank raised: one exception type for callers that record and go on
+        raise RuntimeError(f"{what}: {e}") from e
     return result

@@ -83,13 +83,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list of DiT weight modes to time per layout: replicated, sharded (FSDP2 over the "
                          "world), sharded-sp (FSDP2 within each CFG half); '@N' prefetches N blocks (sharded@2)")
     ap.add_argument("--engines", default="ours",
-                    help="with --layouts: comma list of attention engines to time per layout: ours, ours:cN (each "
-                         "Ulysses exchange split into N head chunks that overlap attention), ours:tm (token-major "
-                         "Ulysses exchange without packing copies), xdit (xfuser 0.7.0's USP, GPU only); every "
-                         "engine's output is compared with the first one's on the same layout")
+                    help="with --layouts: comma list of attention engines to time per layout: ours, xdit "
+                         "(xfuser 0.7.0's USP, GPU only); every engine's output is compared with the first one's "
+                         "on the same layout")
     ap.add_argument("--depth", type=int, default=None,
                     help="with --layouts: blocks to keep (default: the preset's 48); the bf16 error of each layout "
                          "against 1 GPU after that many blocks")
+    ap.add_argument("--fp32-reference", action="store_true",
+                    help="with --layouts: also run the 1-GPU step eager in fp32 on the same weights; every row "
+                         "gets its eager bf16 output's relative error against it (rel_err_eager_vs_fp32), the 1-GPU "
+                         "row included: how far bf16 rounding alone moves each layout")
     ap.add_argument("--profile", action="store_true",
                     help="with --layouts: rank 0's GPU kernel time per category for one step of each layout")
     ap.add_argument("--gpu-budget-gib", type=float, default=None,
@@ -144,17 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def engine_variant(spec: str) -> dict:
-    """`ours`, `ours:cN`, `ours:tm` or `xdit` -> the SequenceParallelDiT options it names. Variants of one
-    invocation share its 1-GPU baseline, so they are compared in the same run at the cost of one baseline."""
-    name, colon, variant = spec.partition(":")
-    if name in ("ours", "xdit") and not colon:
-        return {"engine": name, "ulysses_chunks": 1, "token_major": False}
-    if name == "ours" and variant == "tm":
-        return {"engine": "ours", "ulysses_chunks": 1, "token_major": True}
-    if name == "ours" and variant[:1] == "c" and variant[1:].isdigit() and int(variant[1:]) >= 1:
-        return {"engine": "ours", "ulysses_chunks": int(variant[1:]), "token_major": False}
-    raise SystemExit(f"--engines: {spec!r} is not one of ours, ours:cN (N >= 1), ours:tm, xdit")
+ENGINES = ("ours", "xdit")
 
 
 def main_parallel(a: argparse.Namespace) -> int:
@@ -172,16 +165,21 @@ def main_parallel(a: argparse.Namespace) -> int:
             "cond_tokens": a.cond_tokens, "attention": a.attention, "compile": not a.no_compile,
             "compile_parts": [p for p in a.compile_parts.split(",") if p],
             "warmup": a.warmup, "iters": a.iters, "weights": "replicated", "budget_gib": a.gpu_budget_gib,
-            "profile": a.profile, "depth": a.depth}
+            "profile": a.profile, "depth": a.depth, "fp32_reference": a.fp32_reference}
     modes = [m for m in a.weights.split(",") if m]
     engines = [e for e in a.engines.split(",") if e]
-    variants = {e: engine_variant(e) for e in engines}  # refuses a misspelt engine before any GPU work
+    unknown = [e for e in engines if e not in ENGINES]  # refused before any GPU work
+    if unknown:
+        raise SystemExit(f"--engines: {', '.join(map(repr, unknown))} not among {', '.join(ENGINES)}")
     base = run_layout(Layout(1, 1, 1), opts)
     print(f"1 GPU: {base['ms']:.1f} ms/step", flush=True)
     rows = [{"layout": "1x1x1", "gpus": 1, "weights": "replicated", "ms_per_cfg_step": round(base["ms"], 1),
              "speedup": 1.0, "rel_err_vs_1gpu": 0.0, "rel_err_eager_vs_1gpu": 0.0,
              "peak_gib_per_gpu": [round(p, 2) for p in base["peak_gib"]],
              "weight_gib_per_gpu": [round(p, 2) for p in base["weight_gib"]], "profile_rank0": base.get("profile")}]
+    if base.get("v_fp32") is not None:
+        rows[0]["rel_err_eager_vs_fp32"] = rel_err(base["v_eager"], base["v_fp32"])
+        print(f"1 GPU bf16 vs fp32 (eager): {rows[0]['rel_err_eager_vs_fp32']:.2e}", flush=True)
     earlier = {("1x1x1", "replicated", "ours"): base}  # a layout named twice runs in fresh processes twice:
     # how far apart the two runs land is the run-to-run reproducibility of that layout
     for lay in layouts:
@@ -193,7 +191,7 @@ def main_parallel(a: argparse.Namespace) -> int:
                 name = lay.name()
                 what = f"{lay.describe()} {mode}" + (f" [{engine}]" if len(engines) > 1 else "")
                 try:
-                    r = run_layout(lay, dict(opts, weights=mode, **variants[engine]))
+                    r = run_layout(lay, dict(opts, weights=mode, engine=engine))
                 except RuntimeError as e:  # a crashed layout is recorded, the others still run
                     r = {"error": str(e)}
                 if "error" in r:
@@ -208,6 +206,8 @@ def main_parallel(a: argparse.Namespace) -> int:
                        "peak_gib_per_gpu": [round(p, 2) for p in r["peak_gib"]],
                        "weight_gib_per_gpu": [round(p, 2) for p in r["weight_gib"]],
                        "all_ms": [round(t, 1) for t in r["all_ms"]], "profile_rank0": r.get("profile")}
+                if base.get("v_fp32") is not None:
+                    row["rel_err_eager_vs_fp32"] = rel_err(r["v_eager"], base["v_fp32"])
                 first = earlier.setdefault((name, mode, engine), r)
                 if first is not r:
                     row["rel_err_vs_earlier_run"] = rel_err(r["v"], first["v"])
@@ -227,13 +227,14 @@ def main_parallel(a: argparse.Namespace) -> int:
                       + (f", vs its earlier run {row['rel_err_vs_earlier_run']:.2e}"
                          if "rel_err_vs_earlier_run" in row else ""), flush=True)
     print_table(rows, ["layout", "gpus", "weights", "engine", "ms_per_cfg_step", "speedup", "rel_err_vs_1gpu",
-                       "rel_err_eager_vs_1gpu", "rel_err_vs_first_engine", "rel_err_vs_earlier_run", "peak_gib_per_gpu",
+                       "rel_err_eager_vs_1gpu", "rel_err_eager_vs_fp32", "rel_err_vs_first_engine",
+                       "rel_err_vs_earlier_run", "peak_gib_per_gpu",
                        "weight_gib_per_gpu"])
     write_record(a.json, "dit-parallel", rows, rows[0], {
         "depth": a.depth,
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "preset": a.preset,
                   "cond_tokens": a.cond_tokens},
-        "compile": not a.no_compile, "compile_parts": opts["compile_parts"], "engines": variants,
+        "compile": not a.no_compile, "compile_parts": opts["compile_parts"], "engines": engines,
         "attention": a.attention,
         "gpu_budget_gib": a.gpu_budget_gib,
     })

@@ -4,6 +4,7 @@ against the 1-GPU run of the same weights and inputs in the same invocation.
 """
 from __future__ import annotations
 
+import copy
 from datetime import timedelta
 
 import torch
@@ -15,6 +16,24 @@ from ..parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
 from ..text_encoder import TextEmbedding
 from .common import run_ranks, time_cuda
 from .dit import build_dit, cfg_inputs
+
+
+def fp32_velocity(dit, groups: ParallelGroups, y: torch.Tensor, mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The guided velocity of an fp32 copy of `dit` (its bf16 weights upcast, so exactly the same numbers), eager,
+    TF32 off, through the memory-efficient kernel (cuDNN has no fp32): the yardstick against which the 1-GPU and
+    the sharded bf16 outputs are equally measured, where bf16 rounding alone separates them."""
+    ref = copy.deepcopy(dit).float()
+    kernel = "efficient" if z.is_cuda else "math"
+    conv_tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # matmuls already default to full fp32; convolutions do not
+    try:
+        with torch.inference_mode():
+            model = SequenceParallelDiT(ref, groups, kernel)
+            uncond, cond = TextEmbedding(y[:1].float(), mask[:1]), TextEmbedding(y[1:].float(), mask[1:])
+            return ParallelCFGVelocity(model, cond, uncond, 4.5)(z, 0.7)
+    finally:
+        torch.backends.cudnn.allow_tf32 = conv_tf32
+        del ref
 
 
 def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
@@ -34,10 +53,14 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
         dit = build_dit(opts["preset"], dev, dtype, shard_group=shard_group, prefetch=int(prefetch or 1),
                         depth=opts.get("depth"))
         weight_gib = local_parameter_count(dit) * dit.x_embedder.proj.weight.element_size() / 2**30
-        model = SequenceParallelDiT(dit, groups, opts["attention"], opts.get("engine", "ours"),
-                                    opts.get("ulysses_chunks", 1), opts.get("token_major", False))
         x, _, y, mask = cfg_inputs(dit.cfg, opts["frames"], opts["height"], opts["width"], opts["cond_tokens"],
                                    dev, dtype)
+        v_fp32 = None
+        if opts.get("fp32_reference") and layout.world == 1:
+            v_fp32 = fp32_velocity(dit, groups, y, mask, x[:1].float()).float().cpu().numpy()
+            if gpu:
+                torch.cuda.empty_cache()
+        model = SequenceParallelDiT(dit, groups, opts["attention"], opts.get("engine", "ours"))
         uncond, cond = TextEmbedding(y[:1], mask[:1]), TextEmbedding(y[1:], mask[1:])
         velocity = ParallelCFGVelocity(model, cond, uncond, 4.5)
         z = x[:1].float()
@@ -71,7 +94,7 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
                 out_q.put({"error": error, "peak_gib": peaks, "weight_gib": weights_gib})
             else:
                 out_q.put({"ms": ms, "all_ms": all_ms, "peak_gib": peaks, "weight_gib": weights_gib,
-                           "v": v.float().cpu().numpy(), "profile": profile,
+                           "v": v.float().cpu().numpy(), "profile": profile, "v_fp32": v_fp32,
                            "v_eager": (v if v_eager is None else v_eager).float().cpu().numpy()})
         dist.barrier(group=groups.control)
     finally:
@@ -82,7 +105,7 @@ def run_layout(layout: Layout, opts: dict) -> dict:
     if torch.cuda.is_available() and torch.cuda.device_count() < layout.world:
         raise SystemExit(f"{layout.describe()} needs {layout.world} GPUs, {torch.cuda.device_count()} visible")
     r = run_ranks(_rank_main, layout.world, (layout, free_port(), opts), layout.describe())
-    for key in ("v", "v_eager"):
-        if key in r:
+    for key in ("v", "v_eager", "v_fp32"):
+        if r.get(key) is not None:
             r[key] = torch.from_numpy(r[key])  # sent as numpy: a torch tensor would need the exited sender
     return r

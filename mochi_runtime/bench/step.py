@@ -99,6 +99,9 @@ def profile_step(fn) -> dict:
             if evt.self_cpu_time_total > 0:
                 host.append((evt.self_cpu_time_total / 1000, evt.count, evt.key[:90]))
             continue
+        if getattr(evt, "is_user_annotation", False) or evt.key.startswith("nccl:"):
+            continue  # a range over kernels listed on their own (NCCL's `nccl:all_to_all` spans its SendRecv
+            # kernel): counting it too would count the communication twice (records before 2026-11-27 20:00 did)
         us = getattr(evt, "self_device_time_total", None)
         if us is None:
             us = evt.self_cuda_time_total

@@ -39,7 +39,6 @@ class GroupSpec:
     weights: str = "replicated"  # or "sharded": FSDP2 over `shard_over` (see parallel.sharded)
     shard_over: str = "world"  # "world" or "sp" (each CFG half holds its own sharded copy)
     attention_engine: str = "ours"  # or "xdit": the joint attention through xfuser 0.7.0 (GPU only; see .xdit)
-    ulysses_chunks: int = 1  # Ulysses exchanges split by heads to overlap attention (usp.USPJointAttention)
 
     def __post_init__(self) -> None:
         if self.weights not in ("replicated", "sharded"):
@@ -50,9 +49,6 @@ class GroupSpec:
             raise ValueError("dtype fp8 with sharded weights is not supported: use weights=replicated")
         if self.attention_engine not in ("ours", "xdit"):
             raise ValueError(f"attention_engine must be 'ours' or 'xdit', got {self.attention_engine!r}")
-        if self.ulysses_chunks < 1 or (self.ulysses_chunks > 1 and self.layout.ring > 1):
-            raise ValueError(f"ulysses_chunks must be >= 1 and applies to ring 1 layouts, got {self.ulysses_chunks} "
-                             f"with ring {self.layout.ring}")
         if self.attention == "fp8" and not self.devices:
             raise ValueError("attention fp8 runs on GPUs only (cuDNN's fp8 flash attention): give the group GPU "
                              "devices or use attention=auto")
@@ -135,7 +131,7 @@ def build_model(spec: GroupSpec, local_rank: int):
     else:
         dit = load_dit(md, device, dtype, spec.attention, spec.compile, fp8=spec.dtype == "fp8")
     spec.layout.validate(num_heads=dit.cfg.num_heads)
-    return SequenceParallelDiT(dit, groups, spec.attention, spec.attention_engine, spec.ulysses_chunks), device
+    return SequenceParallelDiT(dit, groups, spec.attention, spec.attention_engine), device
 
 
 def run_task(model, task: Task, device, should_stop: Callable[[int, int], bool],

@@ -1,4 +1,5 @@
 # 4-GPU call (#3): one invocation, one 1-GPU baseline, per layout three engines in fresh groups:
+# (A record: ran at or before commit f73094e; the ours:tm / ours:cN engine variants no longer exist.)
 #   ours     the current exchange (2026-11-27 15:05: cfg 2 x ulysses 2 293.5 ms = 3.39x; 3.6x needs 276.7 ms);
 #   ours:tm  token-major Ulysses: projections write per-destination blocks exchanged (list all-to-all) into the
 #            buffers attention reads (no Q/K/V packing or reassembly; one output copy instead of two);

@@ -1,4 +1,5 @@
 # 4-GPU call (#3): (1) does xDiT compute our function? At full depth random weights turn bf16 rounding into
+# (A record: ran at or before commit f73094e; the ours:tm / ours:cN engine variants no longer exist.)
 # 4-5e-2 (ours compiled vs ours eager too), so compare the two engines after 1 and 4 blocks, where rounding
 # has not grown; (2) ulysses chunks 2 against the current exchange, full depth, own 1-GPU baseline.
 # Carry: .whl .whl-xdit

@@ -108,8 +108,7 @@ class TritonPythonModel:
             setattr(self, f"m_{name}", m)
         self.engine = DiTEngine(
             [GroupSpec(layout, md_path, lane, p.get("dtype") or "auto", p.get("attention") or "auto",
-                       compile_dit, weights=weights, shard_over=p.get("shard_over") or "world",
-                       ulysses_chunks=int(p.get("ulysses_chunks") or 1)) for lane in lanes],
+                       compile_dit, weights=weights, shard_over=p.get("shard_over") or "world") for lane in lanes],
             max_queue=int(p.get("max_queue") or 8),
             on_restart=lambda: self.m_restarts.increment(1),
             on_steps=self.m_steps.increment,

@@ -2,7 +2,8 @@
 # default), per-step latency in Triton against the in-process group in the same call. 2026-11-27 ran ulysses 2 x
 # ring 2 only eager at 25 frames, where steps scattered 271-376 ms in both places (median ratio 1.106).
 # Compiled multi-GPU latents are not expected bit-equal (fresh compiled groups differ; docs/operations.md).
-# Carry: .whl .gpu
+# Ran 2026-11-27 (4x H200): Triton/in-process step 0.995 (1x2x2) and 0.999 (2x1x2); record
+# docs/bench/serving_ring_49f_h200x4.json. Carry: .whl .gpu
 source scripts/gpu/setup.sh
 source scripts/gpu/setup_serving.sh
 mkdir -p "$OUT"
