@@ -223,9 +223,9 @@ def put_rows(out: torch.Tensor, sel: Selector, idx: torch.Tensor, values: torch.
 class JointAttention(Protocol):
     """Attention over [visual tokens, valid text tokens] for each sample.
 
-    Inputs are head-major: q_x/k_x/v_x [B, H, N, D], q_y/k_y/v_y [B, H, L, D],
-    y_mask [B, L] bool. Returns (out_x [B, H, N, D], out_y [B, H, L, D]); rows of
-    out_y at padded text positions are zero.
+    Inputs are indexed [B, H, S, D] (the DiT hands over views of token-major [B, S, H, D] memory; any
+    strides are accepted): q_x/k_x/v_x [B, H, N, D], q_y/k_y/v_y [B, H, L, D], y_mask [B, L] bool.
+    Returns (out_x [B, H, N, D], out_y [B, H, L, D]); rows of out_y at padded text positions are zero.
     """
 
     def __call__(self, q_x, k_x, v_x, q_y, k_y, v_y, y_mask) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -239,8 +239,9 @@ class LocalJointAttention:
         self.text_groups = TextGroups()
 
     def __call__(self, q_x, k_x, v_x, q_y, k_y, v_y, y_mask):
-        n = q_x.shape[2]
-        out_x = torch.empty_like(q_x)
+        batch, heads, n, dim = q_x.shape
+        # Token-major like the projections' buffers: the output projection then reads it without a transpose copy.
+        out_x = q_x.new_empty(batch, n, heads, dim).transpose(1, 2)
         out_y = torch.zeros_like(q_y)
         joint = [joint_view(a, b) for a, b in ((q_x, q_y), (k_x, k_y), (v_x, v_y))]
         for sel, idx, prefix in self.text_groups(y_mask):

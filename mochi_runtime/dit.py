@@ -152,11 +152,12 @@ class AsymmetricAttention(nn.Module):
 
     def project(self, x: torch.Tensor, y: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 visual_split: int | None = None):
-        """Q/K/V of both streams, QK-normed, RoPE on visual Q/K; head-major [B, H, S, D].
+        """Q/K/V of both streams, QK-normed, RoPE on visual Q/K; [B, H, S, D] views of token-major memory.
 
-        Each of Q, K, V is written as one [B, H, N+L, D] buffer, visual tokens then text, and handed over as
-        two views: the attention can take "visual + valid text" as a slice instead of concatenating copies
-        (under torch.compile the norms and RoPE write straight into that buffer).
+        Each of Q, K, V is written as one token-major [B, N+L, H, D] buffer, visual tokens then text, and handed
+        over as two [B, H, S, D] views: the attention can take "visual + valid text" as a slice instead of
+        concatenating copies, and the kernels read the token-major layout as it is (under torch.compile the
+        norms and RoPE write straight into that buffer, with no transposing copy).
 
         visual_split=U (Ulysses over U ranks, token-major exchange): the visual Q, K, V instead come as one
         [3, B, U, N, H/U, D] buffer, each (sample, destination rank) block contiguous and token-major, so the
@@ -176,7 +177,7 @@ class AsymmetricAttention(nn.Module):
             return (*visual.unbind(0), *(t.transpose(1, 2) for t in (q_y, k_y, v_y)))
         out = []
         for vis, txt in ((q_x, q_y), (k_x, k_y), (v_x, v_y)):
-            joint = torch.cat([vis, txt], dim=1).transpose(1, 2).contiguous()
+            joint = torch.cat([vis, txt], dim=1).transpose(1, 2)  # [B, H, N+L, D] view of [B, N+L, H, D]
             out.append((joint[:, :, :n], joint[:, :, n:]))
         (q_x, q_y), (k_x, k_y), (v_x, v_y) = out
         return q_x, k_x, v_x, q_y, k_y, v_y

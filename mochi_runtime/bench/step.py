@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fp8", action="store_true", help="also time the fp8 mode (block linears in e4m3)")
     ap.add_argument("--fp8-attention", action="store_true",
                     help="also time fp8 linears + fp8 attention (cuDNN, needs nvidia-cudnn-frontend)")
+    ap.add_argument("--tuned", action="store_true",
+                    help="also time bf16 with inductor's coordinate-descent tuning of the compiled pointwise and "
+                         "reduction kernels (their launch configs benchmarked on the card; longer compile)")
     ap.add_argument("--profile", action="store_true", help="kernel-time breakdown of one step per mode")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     rates = {"bf16_matmul_tflops": round(matmul_tflops(torch.bfloat16), 1),
              "fp8_matmul_tflops": round(matmul_tflops(torch.float8_e4m3fn), 1)}
     print(rates, flush=True)
-    modes = ["bf16"] + (["fp8"] if a.fp8 else []) + (["fp8+attention"] if a.fp8_attention else [])
+    modes = (["bf16"] + (["bf16+tuned"] if a.tuned else []) + (["fp8"] if a.fp8 else [])
+             + (["fp8+attention"] if a.fp8_attention else []))
     rows, outputs = [], {}
     for mode in modes:
         dit = build_dit(a.preset, dev, torch.bfloat16)
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         if mode == "fp8+attention":
             dit.joint_attention = LocalJointAttention("fp8")
         weights_gib = weight_bytes(dit) / 2**30
-        dit.compile_blocks()
+        dit.compile_blocks(options={"coordinate_descent_tuning": True} if mode == "bf16+tuned" else None)
         for frames in frames_list:
             x, sigma, y, mask = cfg_inputs(cfg, frames, a.height, a.width, a.cond_tokens, dev, torch.bfloat16)
             visual = x.shape[2] * x.shape[3] * x.shape[4] // cfg.patch_size**2

@@ -39,7 +39,8 @@ def seq_to_heads(x: torch.Tensor, group, degree: int) -> torch.Tensor:
     if degree == 1:
         return x
     b, h, n, d = x.shape
-    send = x.reshape(b, degree, h // degree, n, d).transpose(0, 1).contiguous()  # [U (destination), B, H/U, n, D]
+    # Splitting the head dim is a view in any layout (the projections hand over token-major views): one copy.
+    send = x.unflatten(1, (degree, h // degree)).transpose(0, 1).contiguous()  # [U (destination), B, H/U, n, D]
     recv = torch.empty_like(send)  # [U (source), B, H/U, n, D]: source u holds sequence block u
     dist.all_to_all_single(recv, send, group=group)
     return recv.permute(1, 2, 0, 3, 4).reshape(b, h // degree, degree * n, d)
