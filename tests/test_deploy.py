@@ -117,6 +117,9 @@ def test_health_checks_ask_the_ready_path():
     assert container["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": "http"}
     assert container["startupProbe"]["httpGet"]["path"] == READY_PATH
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    # A dead server (the entry point exits with its status) comes back: compose restarts it (k8s does by default)
+    assert _compose()["services"]["mochi"]["restart"] in ("always", "unless-stopped", "on-failure")
+    assert _k8s("deployment.yaml")["spec"]["template"]["spec"].get("restartPolicy", "Always") == "Always"
 
 
 def test_gpu_reservation_shm_and_checkpoint_mount():
