@@ -158,8 +158,8 @@ def test_gpu_benchmarks_parse_the_arguments_their_scripts_pass(name, monkeypatch
     slip would otherwise surface only on a lent machine)."""
     import importlib
 
-    argv = {"step": ["--frames", "49", "--fp8", "--fp8-attention", "--profile", "--warmup", "1", "--iters", "4",
-                     "--cond-tokens", "64", "--json", "x.json"],
+    argv = {"step": ["--frames", "49", "--fp8", "--fp8-attention", "--tuned", "--profile", "--warmup", "1",
+                     "--iters", "4", "--cond-tokens", "64", "--json", "x.json"],
             "vae": ["--frames", "163,49", "--gpus", "1", "--tiles", "6", "--warmup", "1", "--iters", "2",
                     "--height", "480", "--width", "848", "--no-diffusers"]}[name]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
