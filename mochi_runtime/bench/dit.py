@@ -147,12 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-ENGINES = ("ours", "xdit")
-
-
 def main_parallel(a: argparse.Namespace) -> int:
     """Per-step latency of sharded layouts against one GPU, same weights and inputs, one invocation."""
     from ..parallel.topology import Layout
+    from ..parallel.worker import ATTENTION_ENGINES
     from .dit_parallel import run_layout
 
     if a.layouts:
@@ -168,9 +166,9 @@ def main_parallel(a: argparse.Namespace) -> int:
             "profile": a.profile, "depth": a.depth, "fp32_reference": a.fp32_reference}
     modes = [m for m in a.weights.split(",") if m]
     engines = [e for e in a.engines.split(",") if e]
-    unknown = [e for e in engines if e not in ENGINES]  # refused before any GPU work
+    unknown = [e for e in engines if e not in ATTENTION_ENGINES]  # refused before any GPU work
     if unknown:
-        raise SystemExit(f"--engines: {', '.join(map(repr, unknown))} not among {', '.join(ENGINES)}")
+        raise SystemExit(f"--engines: {', '.join(map(repr, unknown))} not among {', '.join(ATTENTION_ENGINES)}")
     base = run_layout(Layout(1, 1, 1), opts)
     print(f"1 GPU: {base['ms']:.1f} ms/step", flush=True)
     rows = [{"layout": "1x1x1", "gpus": 1, "weights": "replicated", "ms_per_cfg_step": round(base["ms"], 1),

@@ -25,6 +25,9 @@ class Cancelled(Exception):
     """A generation was cancelled; raised on every rank at the same step."""
 
 
+ATTENTION_ENGINES = ("ours", "xdit")  # see usp.SequenceParallelDiT
+
+
 @dataclass(frozen=True)
 class GroupSpec:
     """What a worker group runs: layout, weights, devices and numerics."""
@@ -47,7 +50,7 @@ class GroupSpec:
             raise ValueError(f"shard_over must be 'world' or 'sp', got {self.shard_over!r}")
         if self.dtype == "fp8" and self.weights == "sharded":
             raise ValueError("dtype fp8 with sharded weights is not supported: use weights=replicated")
-        if self.attention_engine not in ("ours", "xdit"):
+        if self.attention_engine not in ATTENTION_ENGINES:
             raise ValueError(f"attention_engine must be 'ours' or 'xdit', got {self.attention_engine!r}")
         if self.attention == "fp8" and not self.devices:
             raise ValueError("attention fp8 runs on GPUs only (cuDNN's fp8 flash attention): give the group GPU "
