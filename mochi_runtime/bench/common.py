@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import queue
 import statistics
 import sys
@@ -84,9 +85,11 @@ def card() -> str:
 
 
 def record_header(command: str) -> dict:
-    """What every benchmark record starts with: where, when, how, on which torch."""
+    """What every benchmark record starts with: where, when, how, on which torch, with which NCCL settings
+    (they change collective timings without changing the command)."""
     return {"card": card(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": command, "torch": torch.__version__}
+            "command": command, "torch": torch.__version__,
+            "nccl_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")}}
 
 
 def write_record(path: str | None, kind: str, results: list[dict], baseline: dict | None, extra: dict,
