@@ -42,16 +42,7 @@ def initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
 class Velocity(Protocol):
     """The guided velocity at (z, sigma): fp32 tensor shaped like z."""
 
-    def __call__(self, z: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor: ...
-
-
-def sigma_batch(sigma: float | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    """sigma as the DiT's [B] fp32 input. A [1] device tensor is expanded in place rather than read on the
-    host, so a captured CUDA graph (cuda_graph.GraphedVelocity) reads whatever value it holds at replay."""
-    if isinstance(sigma, torch.Tensor):
-        assert sigma.shape == (1,), f"sigma tensor must be [1], got {tuple(sigma.shape)}"
-        return sigma.to(device=device, dtype=torch.float32).expand(batch)
-    return torch.full((batch,), sigma, dtype=torch.float32, device=device)
+    def __call__(self, z: torch.Tensor, sigma: float) -> torch.Tensor: ...
 
 
 def cfg_combine(v_uncond: torch.Tensor, v_cond: torch.Tensor, guidance: float) -> torch.Tensor:
@@ -71,10 +62,10 @@ class CFGVelocity:
         else:
             self.feats, self.mask = cond.features, cond.mask
 
-    def __call__(self, z: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, sigma: float) -> torch.Tensor:
         b = 2 if self.use_cfg else 1
         x = z.expand(b, *z.shape[1:]) if self.use_cfg else z
-        s = sigma_batch(sigma, b, z.device)
+        s = torch.full((b,), sigma, dtype=torch.float32, device=z.device)
         v = self.dit(x, s, self.feats, self.mask).float()
         if not self.use_cfg:
             return v

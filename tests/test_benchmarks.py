@@ -3,6 +3,7 @@ serving benchmark end to end on CPU (a real tritonserver against the in-process 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -126,11 +127,15 @@ def test_parallel_dit_benchmark_runs_shallow_models_for_error_growth(tmp_path, m
 
     out = tmp_path / "dit.json"
     monkeypatch.setattr(sys, "argv", ["dit"])
+    for k in [k for k in os.environ if k.startswith("NCCL_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("NCCL_DEBUG", "WARN")
     assert main(["--preset", "tiny", "--layouts", "1x2x1,1x2x1", "--engines", "ours,xdit", "--no-compile",
                  "--iters", "1", "--warmup", "0", "--frames", "13", "--height", "64", "--width", "96", "--depth", "2",
-                 "--fp32-reference", "--cuda-graphs", "--json", str(out)]) == 0
+                 "--fp32-reference", "--json", str(out)]) == 0
     rec = json.loads(out.read_text())
     assert rec["depth"] == 2 and [r["layout"] for r in rec["results"]] == ["1x1x1"] + ["1x2x1"] * 4
+    assert rec["nccl_env"] == {"NCCL_DEBUG": "WARN"}  # the NCCL_* settings a record ran under
     assert [r.get("engine") for r in rec["results"][1:]] == ["ours", "xdit"] * 2
     assert rec["engines"] == ["ours", "xdit"]
     first, xdit, second, _ = rec["results"][1:]
@@ -158,7 +163,7 @@ def test_gpu_benchmarks_parse_the_arguments_their_scripts_pass(name, monkeypatch
     slip would otherwise surface only on a lent machine)."""
     import importlib
 
-    argv = {"step": ["--frames", "49", "--fp8", "--fp8-attention", "--tuned", "--cuda-graphs", "--profile", "--warmup", "1",
+    argv = {"step": ["--frames", "49", "--fp8", "--fp8-attention", "--tuned", "--profile", "--warmup", "1",
                      "--iters", "4", "--cond-tokens", "64", "--json", "x.json"],
             "vae": ["--frames", "163,49", "--gpus", "1", "--tiles", "6", "--warmup", "1", "--iters", "2",
                     "--height", "480", "--width", "848", "--no-diffusers"]}[name]

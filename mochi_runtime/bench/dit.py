@@ -89,10 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depth", type=int, default=None,
                     help="with --layouts: blocks to keep (default: the preset's 48); the bf16 error of each layout "
                          "against 1 GPU after that many blocks")
-    ap.add_argument("--cuda-graphs", action="store_true",
-                    help="with --layouts, GPU: after timing each step as launched, time it again replayed as a CUDA "
-                         "graph in the same processes (ms_per_cfg_step and speedup then are the graph's; "
-                         "ms_without_graphs, speedup_without_graphs and rel_err_graph_vs_plain are kept)")
     ap.add_argument("--fp32-reference", action="store_true",
                     help="with --layouts: also run the 1-GPU step eager in fp32 on the same weights; every row "
                          "gets its eager bf16 output's relative error against it (rel_err_eager_vs_fp32), the 1-GPU "
@@ -151,15 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def graph_fields(r: dict, base: dict) -> dict:
-    """With --cuda-graphs: the same process's step without graphs, and how far the replay is from it."""
-    if r.get("plain_ms") is None:
-        return {}
-    return {"ms_without_graphs": round(r["plain_ms"], 1),
-            "speedup_without_graphs": round(base["plain_ms"] / r["plain_ms"], 3),
-            "rel_err_graph_vs_plain": rel_err(r["v"], r["v_plain"])}
-
-
 def main_parallel(a: argparse.Namespace) -> int:
     """Per-step latency of sharded layouts against one GPU, same weights and inputs, one invocation."""
     from ..parallel.topology import Layout
@@ -176,8 +163,7 @@ def main_parallel(a: argparse.Namespace) -> int:
             "cond_tokens": a.cond_tokens, "attention": a.attention, "compile": not a.no_compile,
             "compile_parts": [p for p in a.compile_parts.split(",") if p],
             "warmup": a.warmup, "iters": a.iters, "weights": "replicated", "budget_gib": a.gpu_budget_gib,
-            "profile": a.profile, "depth": a.depth, "fp32_reference": a.fp32_reference,
-            "cuda_graphs": a.cuda_graphs}
+            "profile": a.profile, "depth": a.depth, "fp32_reference": a.fp32_reference}
     modes = [m for m in a.weights.split(",") if m]
     engines = [e for e in a.engines.split(",") if e]
     unknown = [e for e in engines if e not in ATTENTION_ENGINES]  # refused before any GPU work
@@ -189,7 +175,6 @@ def main_parallel(a: argparse.Namespace) -> int:
              "speedup": 1.0, "rel_err_vs_1gpu": 0.0, "rel_err_eager_vs_1gpu": 0.0,
              "peak_gib_per_gpu": [round(p, 2) for p in base["peak_gib"]],
              "weight_gib_per_gpu": [round(p, 2) for p in base["weight_gib"]], "profile_rank0": base.get("profile")}]
-    rows[0].update(graph_fields(base, base))
     if base.get("v_fp32") is not None:
         rows[0]["rel_err_eager_vs_fp32"] = rel_err(base["v_eager"], base["v_fp32"])
         print(f"1 GPU bf16 vs fp32 (eager): {rows[0]['rel_err_eager_vs_fp32']:.2e}", flush=True)
@@ -219,7 +204,6 @@ def main_parallel(a: argparse.Namespace) -> int:
                        "peak_gib_per_gpu": [round(p, 2) for p in r["peak_gib"]],
                        "weight_gib_per_gpu": [round(p, 2) for p in r["weight_gib"]],
                        "all_ms": [round(t, 1) for t in r["all_ms"]], "profile_rank0": r.get("profile")}
-                row.update(graph_fields(r, base))
                 if base.get("v_fp32") is not None:
                     row["rel_err_eager_vs_fp32"] = rel_err(r["v_eager"], base["v_fp32"])
                 first = earlier.setdefault((name, mode, engine), r)
@@ -240,8 +224,7 @@ def main_parallel(a: argparse.Namespace) -> int:
                          f"{row['rel_err_eager_vs_first_engine']:.2e})" if "rel_err_vs_first_engine" in row else "")
                       + (f", vs its earlier run {row['rel_err_vs_earlier_run']:.2e}"
                          if "rel_err_vs_earlier_run" in row else ""), flush=True)
-    print_table(rows, ["layout", "gpus", "weights", "engine", "ms_per_cfg_step", "speedup", "ms_without_graphs",
-                       "speedup_without_graphs", "rel_err_graph_vs_plain", "rel_err_vs_1gpu",
+    print_table(rows, ["layout", "gpus", "weights", "engine", "ms_per_cfg_step", "speedup", "rel_err_vs_1gpu",
                        "rel_err_eager_vs_1gpu", "rel_err_eager_vs_fp32", "rel_err_vs_first_engine",
                        "rel_err_vs_earlier_run", "peak_gib_per_gpu",
                        "weight_gib_per_gpu"])
@@ -250,7 +233,7 @@ def main_parallel(a: argparse.Namespace) -> int:
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "preset": a.preset,
                   "cond_tokens": a.cond_tokens},
         "compile": not a.no_compile, "compile_parts": opts["compile_parts"], "engines": engines,
-        "attention": a.attention, "cuda_graphs": a.cuda_graphs,
+        "attention": a.attention,
         "gpu_budget_gib": a.gpu_budget_gib,
     })
     return 0

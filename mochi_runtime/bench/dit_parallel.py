@@ -10,7 +10,6 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..cuda_graph import GraphedVelocity
 from ..parallel.topology import Layout, ParallelGroups, free_port, join_loopback_group
 from ..parallel.sharded import local_parameter_count
 from ..parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
@@ -74,11 +73,6 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
                 if gpu:
                     torch.cuda.reset_peak_memory_stats()
                 ms, all_ms = time_cuda(lambda: velocity(z, 0.7), opts["warmup"], opts["iters"])
-                plain_ms, v_plain = None, None
-                if opts.get("cuda_graphs") and gpu:  # the same step replayed as a CUDA graph, same process
-                    plain_ms, v_plain = ms, velocity(z, 0.7)
-                    velocity = GraphedVelocity(velocity)
-                    ms, all_ms = time_cuda(lambda: velocity(z, 0.7), opts["warmup"], opts["iters"])
                 v = velocity(z, 0.7)
                 profile = None
                 if opts.get("profile") and gpu:  # every rank runs the step twice (collectives); rank 0 records
@@ -91,7 +85,6 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
                         velocity(z, 0.7)
         except torch.OutOfMemoryError as e:  # the same on every rank: the layout does not fit the budget
             error, ms, all_ms, v, profile = f"out of memory: {str(e).splitlines()[0]}", 0.0, [], None, None
-            plain_ms, v_plain = None, None
         peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else 0.0
         peaks, weights_gib = [None] * layout.world, [None] * layout.world
         dist.all_gather_object(peaks, peak, group=groups.control)
@@ -101,7 +94,6 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
                 out_q.put({"error": error, "peak_gib": peaks, "weight_gib": weights_gib})
             else:
                 out_q.put({"ms": ms, "all_ms": all_ms, "peak_gib": peaks, "weight_gib": weights_gib,
-                           "plain_ms": plain_ms, "v_plain": None if v_plain is None else v_plain.float().cpu().numpy(),
                            "v": v.float().cpu().numpy(), "profile": profile, "v_fp32": v_fp32,
                            "v_eager": (v if v_eager is None else v_eager).float().cpu().numpy()})
         dist.barrier(group=groups.control)
@@ -113,7 +105,7 @@ def run_layout(layout: Layout, opts: dict) -> dict:
     if torch.cuda.is_available() and torch.cuda.device_count() < layout.world:
         raise SystemExit(f"{layout.describe()} needs {layout.world} GPUs, {torch.cuda.device_count()} visible")
     r = run_ranks(_rank_main, layout.world, (layout, free_port(), opts), layout.describe())
-    for key in ("v", "v_eager", "v_fp32", "v_plain"):
+    for key in ("v", "v_eager", "v_fp32"):
         if r.get(key) is not None:
             r[key] = torch.from_numpy(r[key])  # sent as numpy: a torch tensor would need the exited sender
     return r

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from ..attention import LocalJointAttention
 from ..config import DiTConfig, get_preset
-from ..cuda_graph import CUDAGraphCall
 from .common import add_shape_args, peak_gib, print_table, rel_err, time_cuda, write_record
 from .dit import build_dit, cfg_inputs
 
@@ -130,8 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tuned", action="store_true",
                     help="also time bf16 with inductor's coordinate-descent tuning of the compiled pointwise and "
                          "reduction kernels (their launch configs benchmarked on the card; longer compile)")
-    ap.add_argument("--cuda-graphs", action="store_true",
-                    help="also time bf16 with the step replayed as one CUDA graph (cuda_graph.CUDAGraphCall)")
     ap.add_argument("--profile", action="store_true", help="kernel-time breakdown of one step per mode")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -145,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     rates = {"bf16_matmul_tflops": round(matmul_tflops(torch.bfloat16), 1),
              "fp8_matmul_tflops": round(matmul_tflops(torch.float8_e4m3fn), 1)}
     print(rates, flush=True)
-    modes = (["bf16"] + (["bf16+graphs"] if a.cuda_graphs else []) + (["bf16+tuned"] if a.tuned else [])
-             + (["fp8"] if a.fp8 else [])
+    modes = (["bf16"] + (["bf16+tuned"] if a.tuned else []) + (["fp8"] if a.fp8 else [])
              + (["fp8+attention"] if a.fp8_attention else []))
     rows, outputs = [], {}
     for mode in modes:
@@ -167,8 +163,6 @@ def main(argv: list[str] | None = None) -> int:
             floor_ms = 1000 * (flops["linear"] / (rates["bf16_matmul_tflops"] * 1e12)
                                + flops["attention"] / (rates[key] * 1e12))
             fn = lambda: dit(x, sigma, y, mask)  # noqa: E731
-            if mode == "bf16+graphs":  # the inputs above stay in place: the graph replays on them
-                fn = CUDAGraphCall(fn)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             with torch.inference_mode():

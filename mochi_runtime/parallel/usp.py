@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..attention import LocalJointAttention, TextGroups, attend, attend_with_lse, merge_partials, put_rows
 from ..dit import AsymmDiT
-from ..sampler import cfg_combine, sigma_batch
+from ..sampler import cfg_combine
 from ..text_encoder import TextEmbedding
 from .topology import ParallelGroups
 
@@ -266,9 +266,9 @@ class ParallelCFGVelocity:
         else:
             self.feats, self.mask = cond.features, cond.mask
 
-    def __call__(self, z: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, sigma: float) -> torch.Tensor:
         b = self.feats.shape[0]
-        s = sigma_batch(sigma, b, z.device)
+        s = torch.full((b,), sigma, dtype=torch.float32, device=z.device)
         v = self.model(z.expand(b, *z.shape[1:]), s, self.feats, self.mask).float()
         if self.cfg_parallel:
             both = torch.empty((2 * v.shape[0], *v.shape[1:]), dtype=v.dtype, device=v.device)

@@ -2,9 +2,12 @@
 # all_to_all_single, copy engines over symmetric memory) and by NCCL setting, at the 49-frame sizes of
 # cfg 2 x ulysses 2 and ulysses 4; then the step itself under the fastest NCCL setting, if one gains >= 5%.
 # Carry: .whl
+# Ran 2026-11-27 at 22:00 (4x H200: every setting but the two below) and 22:20 (A2A_SKIP_ENVS naming those already
+# run: default, registered buffers, P2P read): no setting beat the defaults, so the step was not rerun;
+# records docs/bench/a2a_probe_h200x4.json, docs/bench/a2a_probe_register_h200x4.json.
 source scripts/gpu/setup.sh
 mkdir -p "$OUT"
-timeout 330 python3 scripts/gpu/a2a_probe.py "$OUT/a2a_probe_4gpu.json" 2>&1 | grep -v -i warn | tail -24
+A2A_SKIP_ENVS=${A2A_SKIP_ENVS-} timeout 330 python3 scripts/gpu/a2a_probe.py "$OUT/a2a_probe_4gpu.json" 2>&1 | grep -v -i warn | tail -24
 BEST=$(python3 - "$OUT/a2a_probe_4gpu.json" <<'PY'
 import json, sys
 record = json.load(open(sys.argv[1]))
