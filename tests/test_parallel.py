@@ -17,7 +17,10 @@ from mochi_runtime.validation import GenerationRequest
 from parallel_checks import forward_check, local_reference
 
 LAYOUTS = [Layout(1, 2, 1), Layout(1, 1, 2), Layout(2, 1, 1), Layout(1, 2, 2), Layout(2, 2, 1)]
-# 13 frames at 48x80 -> 3 x 3 x 5 = 45 visual tokens: divides neither 2 nor 4.
+# The 8-rank layouts of the 8-GPU scaling run (#8), here as 8 CPU processes: cfg 2 x ulysses 4, ulysses 8,
+# cfg 2 x ulysses 2 x ring 2, ulysses 4 x ring 2.
+EIGHT = [Layout(2, 4, 1), Layout(1, 8, 1), Layout(2, 2, 2), Layout(1, 4, 2)]
+# 13 frames at 48x80 -> 3 x 3 x 5 = 45 visual tokens: divides none of 2, 4 and 8.
 REQUEST = GenerationRequest("a cat walking on a fence", negative_prompt="blurry", num_frames=13, height=48,
                             width=80, steps=3, guidance=4.5, seed=11)
 
@@ -38,7 +41,7 @@ def reference(official_dir):
     return pipe, cond, uncond, refs[0], max(1e-5, 1.5 * floor)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS + [Layout(1, 4, 1)], ids=lambda l: l.describe().split(" (")[0])
+@pytest.mark.parametrize("layout", LAYOUTS + [Layout(1, 4, 1)] + EIGHT, ids=lambda l: l.describe().split(" (")[0])
 def test_forward_and_velocity_match_single_process(layout, official_dir):
     q = mp.get_context("spawn").Queue()
     mp.start_processes(forward_check, args=(layout.world, layout, free_port(), str(official_dir), q),
@@ -56,7 +59,7 @@ def test_forward_and_velocity_match_single_process(layout, official_dir):
         assert (r["token_major_calls"] > 0) == (layout.ring == 1 and layout.ulysses > 1), r
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: l.describe().split(" (")[0])
+@pytest.mark.parametrize("layout", LAYOUTS + EIGHT, ids=lambda l: l.describe().split(" (")[0])
 def test_three_step_generation_matches_single_process(layout, official_dir, reference):
     _, cond, uncond, ref, bound = reference
     with WorkerGroup(GroupSpec(layout, model_dir=str(official_dir), threads=1)) as group:
