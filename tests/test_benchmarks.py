@@ -170,3 +170,17 @@ def test_gpu_benchmarks_parse_the_arguments_their_scripts_pass(name, monkeypatch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a GPU"):
         importlib.import_module(f"mochi_runtime.bench.{name}").main(argv)
+
+
+def test_environment_sets_settings_for_a_block_and_restores_them(monkeypatch):
+    """How the GPU scripts try NCCL settings in fresh processes: set for the block, then exactly as before."""
+    from mochi_runtime.bench.common import environment
+
+    monkeypatch.setenv("NCCL_BUFFSIZE", "4194304")
+    monkeypatch.delenv("NCCL_MIN_P2P_NCHANNELS", raising=False)
+    with environment({"NCCL_BUFFSIZE": "16777216", "NCCL_MIN_P2P_NCHANNELS": "32"}):
+        assert os.environ["NCCL_BUFFSIZE"] == "16777216" and os.environ["NCCL_MIN_P2P_NCHANNELS"] == "32"
+    assert os.environ["NCCL_BUFFSIZE"] == "4194304" and "NCCL_MIN_P2P_NCHANNELS" not in os.environ
+    with pytest.raises(RuntimeError), environment({"NCCL_MIN_P2P_NCHANNELS": "32"}):
+        raise RuntimeError("a failing run")
+    assert "NCCL_MIN_P2P_NCHANNELS" not in os.environ

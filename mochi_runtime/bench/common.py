@@ -8,8 +8,9 @@ import queue
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -82,6 +83,22 @@ def card() -> str:
     if not torch.cuda.is_available():
         return "cpu"
     return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+
+
+@contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """os.environ with `env` set for the block (processes spawned inside inherit it), then as it was: how
+    benchmarks try settings read at process or communicator start (NCCL_*, TORCHINDUCTOR_*)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def record_header(command: str) -> dict:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 from datetime import timedelta
 
@@ -27,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mochi_runtime.bench.common import record_header
+from mochi_runtime.bench.common import environment, record_header, time_cuda
 from mochi_runtime.parallel.topology import free_port, join_loopback_group
 from mochi_runtime.parallel.usp import swap_blocks
 
@@ -50,20 +49,6 @@ ENVS = {
 }
 # 2026-11-27, 4x H200: no setting beat the defaults (docs/benchmarks.md); A2A_SKIP_ENVS=a,b skips settings.
 SKIP = tuple(os.environ.get("A2A_SKIP_ENVS", "").split(",")) if os.environ.get("A2A_SKIP_ENVS") else ()
-
-
-def _time(fn, iters: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def _copy_engine_exchange(src, out, bufs, back, group, U: int, me: int, b: int, n: int):
@@ -140,7 +125,7 @@ def _rank(rank: int, world: int, port: int, methods: list[str], q) -> None:
         for m in [m for m in methods if m in fns]:
             bufs.zero_()
             fn = fns[m]
-            ms = _time(lambda: [fn() for _ in range(STEP_BLOCKS)])
+            ms, _ = time_cuda(lambda: [fn() for _ in range(STEP_BLOCKS)], 1, 5)
             if m in ("nccl", "ce"):  # both land in bufs: they must agree
                 fn()
                 torch.cuda.synchronize()
@@ -160,9 +145,7 @@ def _rank(rank: int, world: int, port: int, methods: list[str], q) -> None:
 
 
 def run(env: dict[str, str], methods: list[str], world: int = 4) -> list[dict]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(env):  # NCCL reads its settings when the spawned ranks create their communicators
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
         port = free_port()
@@ -178,18 +161,12 @@ def run(env: dict[str, str], methods: list[str], world: int = 4) -> list[dict]:
             if p.is_alive():
                 p.kill()
         return rows
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def main() -> None:
     out = sys.argv[1]
-    record = {**record_header("python scripts/gpu/a2a_probe.py " + " ".join(sys.argv[1:])), "patterns": {k: list(v[1:]) for k, v in PATTERNS.items()}, "envs": ENVS,
-              "rows": []}
+    record = {**record_header("python scripts/gpu/a2a_probe.py " + " ".join(sys.argv[1:])),
+              "patterns": {k: list(v[1:]) for k, v in PATTERNS.items()}, "envs": ENVS, "rows": []}
     for env_name, env in ENVS.items():
         if env_name in SKIP:
             continue

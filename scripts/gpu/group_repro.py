@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 
 import torch
 
-from mochi_runtime.bench.common import record_header, rel_err
+from mochi_runtime.bench.common import environment, record_header, rel_err
 from mochi_runtime.parallel import GroupSpec, Layout, WorkerGroup
 from mochi_runtime.text_encoder import TextEmbedding
 from mochi_runtime.validation import GenerationRequest
@@ -34,18 +33,9 @@ def texts(feat_dim: int) -> tuple[TextEmbedding, TextEmbedding]:
 
 
 def run_group(spec: GroupSpec, req: GenerationRequest, cond, uncond, env: dict[str, str]) -> tuple[torch.Tensor, bool]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # spawned workers inherit it
-    try:
-        with WorkerGroup(spec) as group:
-            first = group.denoise(req, cond, uncond)
-            second = group.denoise(req, cond, uncond)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with environment(env), WorkerGroup(spec) as group:  # spawned workers inherit the environment
+        first = group.denoise(req, cond, uncond)
+        second = group.denoise(req, cond, uncond)
     return first, bool(torch.equal(first, second))
 
 
