@@ -7,7 +7,8 @@
 # records docs/bench/a2a_probe_h200x4.json, docs/bench/a2a_probe_register_h200x4.json.
 source scripts/gpu/setup.sh
 mkdir -p "$OUT"
-A2A_SKIP_ENVS=${A2A_SKIP_ENVS-} timeout 330 python3 scripts/gpu/a2a_probe.py "$OUT/a2a_probe_4gpu.json" 2>&1 | grep -v -i warn | tail -24
+A2A_SKIP_ENVS=${A2A_SKIP_ENVS-} timeout 330 python3 scripts/gpu/a2a_probe.py "$OUT/a2a_probe_4gpu.json" 2>&1 \
+  | grep -v -i warn | tail -24
 BEST=$(python3 - "$OUT/a2a_probe_4gpu.json" <<'PY'
 import json, sys
 record = json.load(open(sys.argv[1]))
