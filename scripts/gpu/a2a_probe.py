@@ -43,8 +43,9 @@ ENVS = {
     "min_channels_32": {"NCCL_MIN_NCHANNELS": "32", "NCCL_MIN_P2P_NCHANNELS": "32"},
     "nvl_chunk_2m": {"NCCL_P2P_NVL_CHUNKSIZE": str(2 << 20)},
     "buffsize_16m": {"NCCL_BUFFSIZE": str(16 << 20)},
-    "register_buffers": {"TORCH_NCCL_USE_TENSOR_REGISTER_ALLOCATOR_HOOK": "1"},  # NCCL writes straight into
-    "p2p_read": {"NCCL_P2P_READ_ENABLE": "1"},  # the peer's tensor instead of through its staging buffers
+    # registered buffers: NCCL writes straight into the peer's tensor instead of through its staging buffers
+    "register_buffers": {"TORCH_NCCL_USE_TENSOR_REGISTER_ALLOCATOR_HOOK": "1"},
+    "p2p_read": {"NCCL_P2P_READ_ENABLE": "1"},
     "p2p_cuda_memcpy": {"NCCL_P2P_USE_CUDA_MEMCPY": "1"},
 }
 # 2026-11-27, 4x H200: no setting beat the defaults (docs/benchmarks.md); A2A_SKIP_ENVS=a,b skips settings.
