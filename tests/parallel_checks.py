@@ -47,14 +47,13 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
         ref_dit = load_dit(md, torch.device("cpu"), torch.float32)
         par = SequenceParallelDiT(load_dit(md, torch.device("cpu"), torch.float32), groups, "sdpa")
         used = {"token_major": 0}  # forwards that took the token-major Ulysses exchange
-        if hasattr(par.attention, "_ulysses_token_major"):
-            inner = par.attention._ulysses_token_major
+        inner = par.attention._ulysses_token_major
 
-            def counted(*args):
-                used["token_major"] += 1
-                return inner(*args)
+        def counted(*args):
+            used["token_major"] += 1
+            return inner(*args)
 
-            par.attention._ulysses_token_major = counted
+        par.attention._ulysses_token_major = counted
         g = torch.Generator().manual_seed(5)
         # 3 x 5 x 7 = 105 patches: does not divide 2 or 4.
         x = torch.randn(1, 12, 3, 10, 14, generator=g)

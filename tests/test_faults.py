@@ -13,9 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from client import MochiClient
 from mochi_runtime.serving.tritonserver import processes_in_group
-from triton_helpers import dit_workers, running_server, shm_regions, stub_pids
-
-SMALL = dict(frames=13, height=48, width=80, steps=3, guidance=4.5)
+from triton_helpers import SMALL, dit_workers, running_server, shm_regions, stub_pids
 
 
 def _alive(pids) -> list[int]:

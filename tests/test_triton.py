@@ -21,10 +21,9 @@ from client.api import Cancelled, infer_inputs
 from mochi_runtime.parallel.topology import free_port
 from mochi_runtime.serving.tritonserver import ServerConfig, TritonServer
 from mochi_runtime.video import probe_mp4
-from triton_helpers import dit_workers, metric
+from triton_helpers import SMALL, assert_same_video, dit_workers, metric, small_request
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(frames=13, height=48, width=80, steps=3, guidance=4.5)
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +61,11 @@ def test_http_and_grpc_generate_mp4_deterministic_and_equal_to_in_process(server
     # The in-process pipeline with the same 2-process layout gives the same frames.
     from mochi_runtime.parallel import GroupSpec, Layout, WorkerGroup
     from mochi_runtime.pipeline import MochiPipeline
-    from mochi_runtime.validation import GenerationRequest
 
     with WorkerGroup(GroupSpec(Layout(1, 2, 1))) as group:
         pipe = MochiPipeline.from_dir(None, device="cpu", denoiser=group)
-        ref = pipe.generate(GenerationRequest("a red fox in snow", num_frames=13, height=48, width=80, steps=3,
-                                              guidance=4.5, seed=5)).frames
-    diff = np.abs(ref.astype(int) - a.video.astype(int))
-    assert diff.max() <= 1 and (diff == 0).mean() >= 0.999, (diff.max(), (diff == 0).mean())
+        ref = pipe.generate(small_request("a red fox in snow", seed=5)).frames
+    assert_same_video(ref, a.video)
 
 
 def test_stream_reports_every_step_then_the_video(server, grpc):

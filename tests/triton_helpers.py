@@ -13,6 +13,24 @@ from client.api import infer_inputs
 from mochi_runtime.parallel.topology import free_port
 from mochi_runtime.serving.tritonserver import ServerConfig, TritonServer
 
+# What the server tests generate: 13 frames at 48x80 in 3 steps, seconds on the embedded tiny model.
+SMALL = dict(frames=13, height=48, width=80, steps=3, guidance=4.5)
+
+
+def small_request(prompt: str, seed: int):
+    """SMALL as the in-process runtime's request, for comparing a served video with a local run."""
+    from mochi_runtime.validation import GenerationRequest
+
+    return GenerationRequest(prompt, num_frames=SMALL["frames"], height=SMALL["height"], width=SMALL["width"],
+                             steps=SMALL["steps"], guidance=SMALL["guidance"], seed=seed)
+
+
+def assert_same_video(ref: np.ndarray, got: np.ndarray) -> None:
+    """Frames of two runs whose fp32 latents agree to ~1e-5 (another layout, or the server against a local run):
+    at most one rounding step, on a few pixels."""
+    diff = np.abs(ref.astype(int) - got.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() >= 0.999, (diff.max(), (diff == 0).mean())
+
 
 @contextmanager
 def running_server(work_dir: Path, **config) -> Iterator[TritonServer]:
