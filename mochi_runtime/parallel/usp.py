@@ -32,6 +32,7 @@ from ..dit import AsymmDiT
 from ..sampler import cfg_combine
 from ..text_encoder import TextEmbedding
 from .topology import ParallelGroups
+from .worker import engine_names
 
 
 def seq_to_heads(x: torch.Tensor, group, degree: int) -> torch.Tensor:
@@ -215,7 +216,7 @@ class SequenceParallelDiT:
         elif engine == "ours":
             self.attention = USPJointAttention(groups, kernel)
         else:
-            raise ValueError(f"attention engine must be 'ours' or 'xdit', got {engine!r}")
+            raise ValueError(f"attention engine must be {engine_names()}, got {engine!r}")
         dit.joint_attention = self.attention
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, y_feat: torch.Tensor, y_mask: torch.Tensor):

@@ -28,6 +28,11 @@ class Cancelled(Exception):
 ATTENTION_ENGINES = ("ours", "xdit")  # see usp.SequenceParallelDiT
 
 
+def engine_names() -> str:
+    """The engines as error messages list them: 'ours' or 'xdit'."""
+    return " or ".join(map(repr, ATTENTION_ENGINES))
+
+
 @dataclass(frozen=True)
 class GroupSpec:
     """What a worker group runs: layout, weights, devices and numerics."""
@@ -51,7 +56,7 @@ class GroupSpec:
         if self.dtype == "fp8" and self.weights == "sharded":
             raise ValueError("dtype fp8 with sharded weights is not supported: use weights=replicated")
         if self.attention_engine not in ATTENTION_ENGINES:
-            raise ValueError(f"attention_engine must be 'ours' or 'xdit', got {self.attention_engine!r}")
+            raise ValueError(f"attention_engine must be {engine_names()}, got {self.attention_engine!r}")
         if self.attention == "fp8" and not self.devices:
             raise ValueError("attention fp8 runs on GPUs only (cuDNN's fp8 flash attention): give the group GPU "
                              "devices or use attention=auto")
