@@ -147,6 +147,10 @@ def test_parallel_dit_benchmark_runs_shallow_models_for_error_growth(tmp_path, m
     assert rec["results"][0]["rel_err_eager_vs_fp32"] < 1e-6
     assert first["rel_err_eager_vs_fp32"] < 1e-5 and second["rel_err_eager_vs_fp32"] < 1e-5
     assert second["rel_err_vs_earlier_run"] == 0.0  # a layout named twice: fresh processes, same numbers on CPU
+    base = rec["results"][0]
+    for row in (base, first, second):  # also timed back to back, as the sampler runs its steps
+        assert row["ms_per_cfg_step_chained"] > 0
+        assert row["speedup_chained"] == round(base["ms_per_cfg_step_chained"] / row["ms_per_cfg_step_chained"], 3)
 
 
 @pytest.mark.parametrize("spec", ["ours:tm", "ours:c2", "xdit:tm", "theirs", "ours:"])
@@ -184,3 +188,17 @@ def test_environment_sets_settings_for_a_block_and_restores_them(monkeypatch):
     with pytest.raises(RuntimeError), environment({"NCCL_MIN_P2P_NCHANNELS": "32"}):
         raise RuntimeError("a failing run")
     assert "NCCL_MIN_P2P_NCHANNELS" not in os.environ
+
+
+def test_chained_timing_runs_every_call_back_to_back_and_divides():
+    from mochi_runtime.bench.common import time_cuda_chained
+
+    calls = []
+
+    def step():
+        calls.append(1)
+        time.sleep(0.01)
+
+    ms, per_run = time_cuda_chained(step, calls=3, repeats=2)
+    assert len(calls) == 6 and len(per_run) == 2
+    assert 10 <= ms < 50  # per call, not per run of three

@@ -59,6 +59,32 @@ def time_cuda(fn: Callable[[], object], warmup: int, iters: int) -> tuple[float,
     return statistics.median(times), times
 
 
+def time_cuda_chained(fn: Callable[[], object], calls: int, repeats: int) -> tuple[float, list[float]]:
+    """Milliseconds per call when `calls` calls run back to back, median over `repeats` such runs.
+
+    This is how a sampler runs its steps: nothing waits for the GPU between them, so the host launches a step
+    while the GPU still runs the previous one. `time_cuda` synchronises after every call, so each of its
+    timings also holds the host's time to launch the call's first kernels; here that is paid once per run."""
+    assert calls >= 1 and repeats >= 1
+    times = []
+    for _ in range(repeats):
+        if not torch.cuda.is_available():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times.append((time.perf_counter() - t0) * 1000 / calls)
+            continue
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times), times
+
+
 def build_t5(preset: str, device, dtype: torch.dtype, seed: int = 7):
     """A T5 encoder of the preset's size with seeded random weights, built on meta and filled on `device`
     (the full-size one is 4.9B parameters: no host-side init). Scale 0.5 keeps 24 random layers finite."""

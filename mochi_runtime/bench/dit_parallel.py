@@ -14,7 +14,7 @@ from ..parallel.topology import Layout, ParallelGroups, free_port, join_loopback
 from ..parallel.sharded import local_parameter_count
 from ..parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
 from ..text_encoder import TextEmbedding
-from .common import run_ranks, time_cuda
+from .common import run_ranks, time_cuda, time_cuda_chained
 from .dit import build_dit, cfg_inputs
 
 
@@ -73,6 +73,7 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
                 if gpu:
                     torch.cuda.reset_peak_memory_stats()
                 ms, all_ms = time_cuda(lambda: velocity(z, 0.7), opts["warmup"], opts["iters"])
+                chained_ms, _ = time_cuda_chained(lambda: velocity(z, 0.7), opts["iters"], repeats=2)
                 v = velocity(z, 0.7)
                 profile = None
                 if opts.get("profile") and gpu:  # every rank runs the step twice (collectives); rank 0 records
@@ -85,6 +86,7 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
                         velocity(z, 0.7)
         except torch.OutOfMemoryError as e:  # the same on every rank: the layout does not fit the budget
             error, ms, all_ms, v, profile = f"out of memory: {str(e).splitlines()[0]}", 0.0, [], None, None
+            chained_ms = 0.0
         peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else 0.0
         peaks, weights_gib = [None] * layout.world, [None] * layout.world
         dist.all_gather_object(peaks, peak, group=groups.control)
@@ -93,7 +95,7 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
             if error is not None:
                 out_q.put({"error": error, "peak_gib": peaks, "weight_gib": weights_gib})
             else:
-                out_q.put({"ms": ms, "all_ms": all_ms, "peak_gib": peaks, "weight_gib": weights_gib,
+                out_q.put({"ms": ms, "all_ms": all_ms, "chained_ms": chained_ms, "peak_gib": peaks, "weight_gib": weights_gib,
                            "v": v.float().cpu().numpy(), "profile": profile, "v_fp32": v_fp32,
                            "v_eager": (v if v_eager is None else v_eager).float().cpu().numpy()})
         dist.barrier(group=groups.control)
