@@ -150,7 +150,8 @@ def test_parallel_dit_benchmark_runs_shallow_models_for_error_growth(tmp_path, m
     base = rec["results"][0]
     for row in (base, first, second):  # also timed back to back, as the sampler runs its steps
         assert row["ms_per_cfg_step_chained"] > 0
-        assert row["speedup_chained"] == round(base["ms_per_cfg_step_chained"] / row["ms_per_cfg_step_chained"], 3)
+        ratio = base["ms_per_cfg_step_chained"] / row["ms_per_cfg_step_chained"]  # of the rounded times
+        assert row["speedup_chained"] == pytest.approx(ratio, rel=1e-2)
 
 
 @pytest.mark.parametrize("spec", ["ours:tm", "ours:c2", "xdit:tm", "theirs", "ours:"])
