@@ -2,7 +2,7 @@
 # (scripts/gpu/kv_first.patch: Q's projection split off so it runs beside the K/V exchange) against the exchange
 # as it is (all of Q/K/V projected, then exchanged), same machine, same call, each with its own 1-GPU baseline and
 # eager check. Carry: .whl
-# Ran 2026-11-28 00:40 on 2x H100: as is 546.6 ms (1.784x of 975.0), K/V first 555.0 ms (1.773x of 984.2), both
+# Ran 2026-11-28 00:13 on 2x H100: as is 546.6 ms (1.784x of 975.0), K/V first 555.0 ms (1.773x of 984.2), both
 # eager bit-equal to 1 GPU. ~8 ms of exchange did overlap, but the split Q and K/V norm + RoPE kernels cost 7 ms
 # more pointwise and the all-to-alls ran 5 ms longer beside the matmuls: not adopted. Records
 # docs/bench/dit_qkv_then_swap_49f_h100x2.json, dit_kv_first_49f_h100x2.json.
