@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import qk_rope
 from .attention import JointAttention, LocalJointAttention
 from .config import DiTConfig
 
@@ -149,6 +150,9 @@ class AsymmetricAttention(nn.Module):
         self.proj_x = nn.Linear(dx, dx)
         if update_y:
             self.proj_y = nn.Linear(dx, dy)
+        # QK-norm + RoPE + layout write as one Triton pass where it can run (CUDA); False keeps the eager /
+        # inductor code everywhere (benchmarks compare the two: AsymmDiT.use_fused_qk_rope).
+        self.fused_qk_rope = True
 
     def project(self, x: torch.Tensor, y: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 visual_split: int | None = None):
@@ -165,11 +169,19 @@ class AsymmetricAttention(nn.Module):
         """
         b, n, _ = x.shape
         l = y.shape[1]
-        q_x, k_x, v_x = self.qkv_x(x).view(b, n, 3, self.num_heads, -1).unbind(2)
-        q_x = apply_rope(self.q_norm_x(q_x), *rope)
-        k_x = apply_rope(self.k_norm_x(k_x), *rope)
+        qkv = self.qkv_x(x).view(b, n, 3, self.num_heads, -1)
         q_y, k_y, v_y = self.qkv_y(y).view(b, l, 3, self.num_heads, -1).unbind(2)
         q_y, k_y = self.q_norm_y(q_y), self.k_norm_y(k_y)
+        if self.fused_qk_rope and qk_rope.usable(qkv):  # one Triton pass on GPU (qk_rope.py says why)
+            norms = (self.q_norm_x.weight, self.k_norm_x.weight, self.q_norm_x.eps)
+            if visual_split is not None:
+                visual = qk_rope.exchange_qkv(qkv, *rope, *norms, visual_split)
+                return (*visual.unbind(0), *(t.transpose(1, 2) for t in (q_y, k_y, v_y)))
+            joint = [t.transpose(1, 2) for t in qk_rope.joint_qkv(qkv, *rope, *norms, q_y, k_y, v_y)]
+            return tuple(j[:, :, :n] for j in joint) + tuple(j[:, :, n:] for j in joint)
+        q_x, k_x, v_x = qkv.unbind(2)
+        q_x = apply_rope(self.q_norm_x(q_x), *rope)
+        k_x = apply_rope(self.k_norm_x(k_x), *rope)
         if visual_split is not None:
             u = visual_split
             visual = torch.stack([q_x, k_x, v_x]).view(3, b, n, u, self.num_heads // u, -1)
@@ -294,6 +306,12 @@ class AsymmDiT(nn.Module):
         pos = rope_positions(t, h, w, self.cfg.rope_base_area, device)
         angles = torch.einsum("nd,dhf->nhf", pos, self.pos_frequencies.float())
         return torch.cos(angles), torch.sin(angles)
+
+    def use_fused_qk_rope(self, enabled: bool) -> "AsymmDiT":
+        """Whether the blocks take qk_rope's fused pass on GPU (the default) or the eager/inductor code."""
+        for block in self.blocks:
+            block.attn.fused_qk_rope = enabled
+        return self
 
     COMPILED_PARTS = ("pre_attention", "post_attention")
 

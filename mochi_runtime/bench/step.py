@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tuned", action="store_true",
                     help="also time bf16 with inductor's coordinate-descent tuning of the compiled pointwise and "
                          "reduction kernels (their launch configs benchmarked on the card; longer compile)")
+    ap.add_argument("--unfused-qk-rope", action="store_true",
+                    help="also time bf16 with QK-norm + RoPE compiled by inductor instead of the fused Triton pass")
     ap.add_argument("--profile", action="store_true", help="kernel-time breakdown of one step per mode")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     rates = {"bf16_matmul_tflops": round(matmul_tflops(torch.bfloat16), 1),
              "fp8_matmul_tflops": round(matmul_tflops(torch.float8_e4m3fn), 1)}
     print(rates, flush=True)
-    modes = (["bf16"] + (["bf16+tuned"] if a.tuned else []) + (["fp8"] if a.fp8 else [])
+    modes = (["bf16"] + (["bf16+inductor-qk"] if a.unfused_qk_rope else []) + (["bf16+tuned"] if a.tuned else [])
+             + (["fp8"] if a.fp8 else [])
              + (["fp8+attention"] if a.fp8_attention else []))
     rows, outputs = [], {}
     for mode in modes:
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             quantize_blocks_(dit)
         if mode == "fp8+attention":
             dit.joint_attention = LocalJointAttention("fp8")
+        if mode == "bf16+inductor-qk":
+            dit.use_fused_qk_rope(False)
         weights_gib = weight_bytes(dit) / 2**30
         dit.compile_blocks(options={"coordinate_descent_tuning": True} if mode == "bf16+tuned" else None)
         for frames in frames_list:
