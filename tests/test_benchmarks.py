@@ -37,9 +37,30 @@ def test_step_flops_match_the_published_per_sample_counts():
     ("triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0", "pointwise (triton)"),
     ("void at::native::(anonymous namespace)::CatArrayBatchedCopy<int>", "copies"),
     ("ncclDevKernel_SendRecv", "communication"),
+    ("qk_norm_rope_kernel", "pointwise (triton)"),  # mochi_runtime/qk_rope.py's pass
 ])
 def test_kernel_names_fall_into_their_categories(name, category):
     assert categorise(name) == category
+
+
+def test_idle_gaps_sum_the_time_between_kernels_and_name_what_the_gpu_waited_for():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from mochi_runtime.bench.step import idle_gaps
+
+    def kernel(start, end, name, device=DeviceType.CUDA):
+        return SimpleNamespace(time_range=SimpleNamespace(start=start, end=end), name=name, device_type=device)
+
+    events = [kernel(0, 100, "mm"), kernel(102, 150, "norm"),  # 2 us apart: below the threshold
+              kernel(110, 120, "side"),  # inside "norm": overlapping kernels leave no gap
+              kernel(400, 500, "attention"), kernel(520, 600, "mm"), kernel(700, 800, "attention"),
+              kernel(150, 900, "host op", DeviceType.CPU)]  # not a kernel
+    idle, top = idle_gaps(SimpleNamespace(events=lambda: events))
+    assert idle == pytest.approx((250 + 20 + 100) / 1000)
+    assert top[0] == {"ms": 0.25, "gaps": 1, "between": "norm -> attention"}
+    assert {t["between"] for t in top} == {"norm -> attention", "attention -> mm", "mm -> attention"}
 
 
 def test_closed_loop_keeps_concurrency_requests_in_flight_and_counts_errors():

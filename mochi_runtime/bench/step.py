@@ -71,11 +71,33 @@ def categorise(name: str) -> str:
         return "attention"
     if any(k in n for k in ("gemm", "nvjet", "xmma", "cutlass", "cublas", "scaled_mm", "splitk")):
         return "matmul"
-    if n.startswith("triton"):
+    if n.startswith("triton") or n.startswith("qk_norm_rope"):  # inductor's kernels, and qk_rope's pass
         return "pointwise (triton)"
     if any(k in n for k in ("copy", "memcpy", "memset", "cat", "fill")):
         return "copies"
     return "other"
+
+
+def idle_gaps(prof, min_us: float = 5.0, top: int = 8) -> tuple[float, list[dict]]:
+    """Time the GPU ran no kernel between the step's first and last, and which kernels it waited to start
+    (summed over gaps longer than min_us): where a step's wall time exceeds its kernel time."""
+    from torch.autograd import DeviceType
+
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                   if getattr(e, "device_type", None) == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+                   and not e.name.startswith("nccl:"))
+    idle, waits, busy_until, before = 0.0, {}, None, ""
+    for start, end, name in spans:
+        if busy_until is not None and start - busy_until > min_us:
+            gap = start - busy_until
+            idle += gap
+            key = f"{before[:50]} -> {name[:50]}"
+            total, count = waits.get(key, (0.0, 0))
+            waits[key] = (total + gap, count + 1)
+        if busy_until is None or end > busy_until:
+            busy_until, before = end, name
+    ranked = sorted(waits.items(), key=lambda kv: -kv[1][0])[:top]
+    return round(idle / 1000, 2), [{"ms": round(t / 1000, 2), "gaps": c, "between": k} for k, (t, c) in ranked]
 
 
 def profile_step(fn) -> dict:
@@ -112,7 +134,9 @@ def profile_step(fn) -> dict:
     kernels.sort(reverse=True)
     total = sum(by_cat.values())
     host.sort(reverse=True)
-    return {"kernel_ms": round(total, 1), "profiled_wall_ms": round(wall_ms, 1),
+    idle_ms, idle_top = idle_gaps(prof)
+    return {"kernel_ms": round(total, 1), "profiled_wall_ms": round(wall_ms, 1), "idle_ms": idle_ms,
+            "idle_before": idle_top,
             "host_self_ms": round(sum(ms for ms, _, _ in host), 1),
             "top_host_ops": [{"ms": round(ms, 2), "calls": c, "name": n} for ms, c, n in host[:12]],
             "by_category_ms": {k: round(v, 1) for k, v in by_cat.items()},
@@ -189,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["rel_err_vs_bf16"] = rel_err(out.cpu(), ref)
             if prof:
                 row["profile"] = prof
-                print(f"{frames}f {mode} profile: {prof['by_category_ms']} (kernels {prof['kernel_ms']} ms)",
-                      flush=True)
+                print(f"{frames}f {mode} profile: {prof['by_category_ms']} (kernels {prof['kernel_ms']} ms, GPU idle "
+                      f"{prof['idle_ms']} ms; longest waits before: {prof['idle_before'][:4]})", flush=True)
             rows.append(row)
             print(f"{frames}f {mode}: {ms:.1f} ms/step, floor {floor_ms:.1f} ms ({ms / floor_ms:.2f}x), "
                   f"peak {row['peak_gib']} GiB", flush=True)
