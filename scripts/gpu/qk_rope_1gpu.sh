@@ -2,6 +2,8 @@
 # (tests/test_qk_rope.py: against the eager code, joint and Ulysses layouts), then `bench step` timing bf16
 # with it (the default) against bf16 with inductor's kernels (--unfused-qk-rope) and fp8, each profiled,
 # floor in the same process. Carry: .whl
+# Ran 2026-11-28 00:40 on 1x H100: tests passed; bf16 fused 972.2 ms (1.214x of 800.6), inductor 993.3 (1.241x),
+# fp8 828.4 (0.852x bf16); record docs/bench/step_qk_rope_49f_h100.json.
 source scripts/gpu/setup.sh
 mkdir -p "$OUT"
 PYTHONPATH=$PYTHONPATH:tests python3 - <<'PY' 2>&1 | grep -v -i warn
