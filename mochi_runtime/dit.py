@@ -160,8 +160,9 @@ class AsymmetricAttention(nn.Module):
 
         Each of Q, K, V is written as one token-major [B, N+L, H, D] buffer, visual tokens then text, and handed
         over as two [B, H, S, D] views: the attention can take "visual + valid text" as a slice instead of
-        concatenating copies, and the kernels read the token-major layout as it is (under torch.compile the
-        norms and RoPE write straight into that buffer, with no transposing copy).
+        concatenating copies, and the kernels read the token-major layout as it is. On GPU the visual QK-norm,
+        RoPE and these writes are one Triton pass (qk_rope.py); elsewhere the eager code below, which
+        torch.compile fuses into the same writes.
 
         visual_split=U (Ulysses over U ranks, token-major exchange): the visual Q, K, V instead come as one
         [3, B, U, N, H/U, D] buffer, each (sample, destination rank) block contiguous and token-major, so the
@@ -173,7 +174,7 @@ class AsymmetricAttention(nn.Module):
         q_y, k_y, v_y = self.qkv_y(y).view(b, l, 3, self.num_heads, -1).unbind(2)
         q_y, k_y = self.q_norm_y(q_y), self.k_norm_y(k_y)
         if self.fused_qk_rope and qk_rope.usable(qkv):  # one Triton pass on GPU (qk_rope.py says why)
-            norms = (self.q_norm_x.weight, self.k_norm_x.weight, self.q_norm_x.eps)
+            norms = (self.q_norm_x.weight, self.k_norm_x.weight, self.q_norm_x.eps)  # one eps: both from cfg
             if visual_split is not None:
                 visual = qk_rope.exchange_qkv(qkv, *rope, *norms, visual_split)
                 return (*visual.unbind(0), *(t.transpose(1, 2) for t in (q_y, k_y, v_y)))

@@ -1,10 +1,10 @@
 """QK-norm, RoPE and the write of Q/K/V into attention's layout as one GPU pass (Triton).
 
 Why: compiled by inductor, this part of each block is a reduction kernel that runs at about a third of the
-card's memory bandwidth plus a separate copy into the layout attention reads (1 GPU: ~47 ms of a ~980 ms step
-at 848x480x49 on an H200; docs/benchmarks.md). Here one kernel reads the Q/K/V projection once and writes
-each of Q, K, V straight to its destination: the joint [visual; text] buffers of one process, or the
-per-destination blocks of the Ulysses exchange.
+card's memory bandwidth plus a separate copy into the layout attention reads (1 GPU: ~50 ms of pointwise
+kernels in a ~990 ms step at 848x480x49; this pass does the same work in ~21 ms; docs/benchmarks.md). Here
+one kernel reads the Q/K/V projection once and writes each of Q, K, V straight to its destination: the joint
+[visual; text] buffers of one process, or the per-destination blocks of the Ulysses exchange.
 
 The arithmetic is the eager code's (`dit.RMSNorm` then `dit.apply_rope`): fp32 norm, rounding to the
 activation dtype, fp32 rotation of interleaved (even, odd) pairs, rounding again. Only the order of the

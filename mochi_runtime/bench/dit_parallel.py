@@ -95,7 +95,8 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
             if error is not None:
                 out_q.put({"error": error, "peak_gib": peaks, "weight_gib": weights_gib})
             else:
-                out_q.put({"ms": ms, "all_ms": all_ms, "chained_ms": chained_ms, "peak_gib": peaks, "weight_gib": weights_gib,
+                out_q.put({"ms": ms, "all_ms": all_ms, "chained_ms": chained_ms, "peak_gib": peaks,
+                           "weight_gib": weights_gib,
                            "v": v.float().cpu().numpy(), "profile": profile, "v_fp32": v_fp32,
                            "v_eager": (v if v_eager is None else v_eager).float().cpu().numpy()})
         dist.barrier(group=groups.control)

@@ -84,8 +84,8 @@ def idle_gaps(prof, min_us: float = 5.0, top: int = 8) -> tuple[float, list[dict
     from torch.autograd import DeviceType
 
     spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
-                   if getattr(e, "device_type", None) == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
-                   and not e.name.startswith("nccl:"))
+                   if getattr(e, "device_type", None) == DeviceType.CUDA
+                   and not getattr(e, "is_user_annotation", False) and not e.name.startswith("nccl:"))
     idle, waits, busy_until, before = 0.0, {}, None, ""
     for start, end, name in spans:
         if busy_until is not None and start - busy_until > min_us:
