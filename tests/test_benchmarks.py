@@ -224,3 +224,22 @@ def test_chained_timing_runs_every_call_back_to_back_and_divides():
     ms, per_run = time_cuda_chained(step, calls=3, repeats=2)
     assert len(calls) == 6 and len(per_run) == 2
     assert 10 <= ms < 50  # per call, not per run of three
+
+
+def test_rows_to_rank0_puts_every_ranks_rows_on_the_queue_and_ends_the_group(monkeypatch):
+    import queue as stdqueue
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from mochi_runtime.bench.common import rows_to_rank0
+    from mochi_runtime.parallel.topology import free_port, join_loopback_group
+
+    port = free_port()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # the group sets both: restored after the test
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    join_loopback_group(0, 1, port, gpu=False, timeout=timedelta(seconds=60))
+    q: stdqueue.Queue = stdqueue.Queue()
+    rows_to_rank0([{"rank": 0, "ms": 1.0}], q)
+    assert q.get_nowait() == [{"rank": 0, "ms": 1.0}]
+    assert not dist.is_initialized()

@@ -157,6 +157,19 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
         print("  ".join(f"{r.get(c, '')}".ljust(w) for c, w in zip(columns, widths)))
 
 
+def rows_to_rank0(rows: list, out_q) -> None:
+    """Inside a rank of a probe: every rank's result rows go to rank 0, which puts them on out_q as one list
+    (rank order); then the group is torn down."""
+    import torch.distributed as dist
+
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, rows)
+    if dist.get_rank() == 0:
+        out_q.put([r for rs in gathered for r in rs])
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def run_ranks(fn: Callable, nprocs: int, args: tuple, what: str):
     """Spawn fn(rank, *args, out_q) on nprocs processes and return the one result rank 0 puts on out_q.
 

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mochi_runtime.bench.common import environment, record_header, time_cuda
+from mochi_runtime.bench.common import environment, record_header, rows_to_rank0, time_cuda
 from mochi_runtime.parallel.topology import free_port, join_loopback_group
 from mochi_runtime.parallel.usp import swap_blocks
 
@@ -137,12 +137,7 @@ def _rank(rank: int, world: int, port: int, methods: list[str], q) -> None:
                 ok = None
             rows.append({"layout": name, "rank": rank, "method": m, "ms_per_step": round(ms, 2),
                          "peer_gb_per_s": round(peer_bytes * STEP_BLOCKS / ms / 1e6, 1), "agrees_with_nccl": ok})
-    gathered = [None] * world
-    dist.all_gather_object(gathered, rows)
-    if rank == 0:
-        q.put([r for rs in gathered for r in rs])
-    dist.barrier()
-    dist.destroy_process_group()
+    rows_to_rank0(rows, q)
 
 
 def run(env: dict[str, str], methods: list[str], world: int = 4) -> list[dict]:

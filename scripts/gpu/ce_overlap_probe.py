@@ -27,9 +27,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mochi_runtime.bench.common import record_header, time_cuda
+from mochi_runtime.bench.common import record_header, rows_to_rank0, time_cuda
 from mochi_runtime.parallel.topology import free_port, join_loopback_group
-from mochi_runtime.parallel.usp import swap_blocks
 
 D, DX, BLOCKS = 128, 3072, 48
 N, HU = 7155, 12  # tokens per rank, heads per rank after the swap (cfg 2 x ulysses 2 at 848x480x49)
@@ -117,12 +116,7 @@ def _rank(rank: int, world: int, port: int, q) -> None:
             same = bool(torch.equal(got, reference))
         rows.append({"method": name, "rank": rank, "ms_per_step": round(ms, 2),
                      "all_ms": [round(t, 2) for t in all_ms], "equal_to_serial_nccl": same, "digest": digest})
-    gathered = [None] * world
-    dist.all_gather_object(gathered, rows)
-    if rank == 0:
-        q.put([r for rs in gathered for r in rs])
-    dist.barrier()
-    dist.destroy_process_group()
+    rows_to_rank0(rows, q)
 
 
 def main() -> None:
