@@ -1,6 +1,6 @@
 # 1-GPU call (#9): the fp8 modes with the fused QK-norm + RoPE pass (now the default): bf16, fp8 linears, fp8
 # linears + cuDNN fp8 attention, same process, floor measured there. Carry: .whl, .whl-cudnn
-# Ran 2026-11-28 01:10 on 1x H100: bf16 976.5 ms, fp8 825.8 (0.846x), fp8 + fp8 attention 743.0 (0.761x); record
+# Ran 2026-11-28 01:08 on 1x H100: bf16 976.5 ms, fp8 825.8 (0.846x), fp8 + fp8 attention 743.0 (0.761x); record
 # docs/bench/step_fp8_qk_rope_49f_h100.json.
 source scripts/gpu/setup.sh
 mkdir -p "$OUT"
