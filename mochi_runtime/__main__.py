@@ -52,7 +52,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
         raise ValueError(f"--attention-engine {a.attention_engine} is the DiT group's attention: it needs --gpus and "
                          "a parallel layout (--ulysses/--ring/--cfg-parallel)")
     if a.parallel_vae and layout.world == 1:
-        raise ValueError("--parallel-vae spreads the decode over the DiT group: it needs --ulysses/--ring/--cfg-parallel")
+        raise ValueError("--parallel-vae spreads the decode over the DiT group: "
+                         "it needs --ulysses/--ring/--cfg-parallel")
     if layout.world > 1 or a.gpus:
         import torch
 

@@ -92,7 +92,8 @@ class VAEDecoder(nn.Module):
         self.cfg = cfg
         ch, layers, g = cfg.block_out_channels, cfg.layers_per_block, cfg.norm_groups
         nb = len(ch) - 1
-        first = [nn.Conv3d(cfg.latent_channels, ch[-1], kernel_size=1)] + [ResBlock(ch[-1], g) for _ in range(layers[-1])]
+        first = [nn.Conv3d(cfg.latent_channels, ch[-1], kernel_size=1)]
+        first += [ResBlock(ch[-1], g) for _ in range(layers[-1])]
         blocks: list[nn.Module] = [nn.Sequential(*first)]
         for b in range(nb):
             blocks.append(

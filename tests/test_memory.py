@@ -39,7 +39,8 @@ def _measured():
 def test_estimate_covers_every_measured_peak(layout, weights, frames, peak):
     lay = Layout.parse(layout)
     shard = lay.world if weights == "sharded" else lay.sp
-    model = DiTMemoryModel(FULL, lay.cfg, lay.ulysses, lay.ring, "replicated" if weights == "replicated" else "sharded", shard)
+    mode = "replicated" if weights == "replicated" else "sharded"
+    model = DiTMemoryModel(FULL, lay.cfg, lay.ulysses, lay.ring, mode, shard)
     est = model.total_bytes(_req(frames)) / GIB
     assert peak <= est <= peak + 2.0, (est, peak)  # safe, and not so loose that it refuses what fits
 

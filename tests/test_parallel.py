@@ -221,7 +221,7 @@ def test_layout_names_round_trip_and_bad_names_are_refused():
 
     assert Layout.parse("2x2x1") == Layout(2, 2, 1) and Layout(1, 4, 2).name() == "1x4x2"
     assert Layout.parse(Layout(2, 1, 2).name()) == Layout(2, 1, 2)
-    for bad, rule in (("2x2", "CFGxULYSSESxRING"), ("axbxc", "CFGxULYSSESxRING"), ("3x1x1", "cfg degree must be 1 or 2"),
-                      ("1x0x1", "ulysses degree must be >= 1")):
+    for bad, rule in (("2x2", "CFGxULYSSESxRING"), ("axbxc", "CFGxULYSSESxRING"),
+                      ("3x1x1", "cfg degree must be 1 or 2"), ("1x0x1", "ulysses degree must be >= 1")):
         with pytest.raises(LayoutError, match=rule):
             Layout.parse(bad)

@@ -114,7 +114,8 @@ class USPJointAttention:
             reqs, incoming = [], None
             if step < R - 1:
                 incoming = torch.empty_like(cur)
-                ops = [dist.P2POp(dist.isend, cur, nxt, g.ring_group), dist.P2POp(dist.irecv, incoming, prv, g.ring_group)]
+                ops = [dist.P2POp(dist.isend, cur, nxt, g.ring_group),
+                       dist.P2POp(dist.irecv, incoming, prv, g.ring_group)]
                 reqs = dist.batch_isend_irecv(ops)
             block = (me - step) % R
             valid = max(0, min(block_len, self.valid_tokens - block * block_len))

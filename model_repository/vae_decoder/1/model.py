@@ -19,7 +19,8 @@ class TritonPythonModel:
         self.limits = A.limits_from(params)
         self.fps = int(params.get("fps") or 30)
         device = torch.device(params.get("device") or "cpu")
-        self.vae = load_vae(open_model_dir(A.model_dir(params)), device, resolve_dtype(params.get("dtype") or "auto", device))
+        dtype = resolve_dtype(params.get("dtype") or "auto", device)
+        self.vae = load_vae(open_model_dir(A.model_dir(params)), device, dtype)
         self.device = device
         self.piece_elements = int(params.get("piece_elements") or TilePlan.piece_elements)
         self.budget = int(params.get("memory_budget_bytes") or 0)
