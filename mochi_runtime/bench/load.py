@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -37,30 +38,35 @@ def write_checkpoint(folder: Path, preset: str = "mochi-1-preview") -> dict[str,
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seconds: dict[str, float] = {}
 
-    def timed_write(name: str, make_state) -> None:
+    def timed_write(name: str, write: Callable[[Path], None]) -> None:
+        """write(folder / name), timed; a part already on disk is kept (a rerun only loads)."""
         target = folder / name
         if target.exists():
             return
         t0 = time.perf_counter()
-        state = make_state()
-        if state is not None:
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(target))
+        write(target)
         seconds[name] = round(time.perf_counter() - t0, 1)
 
+    def weights(make_module: Callable[[], torch.nn.Module]) -> Callable[[Path], None]:
+        def write(target: Path) -> None:
+            state = make_module().state_dict()
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(target))
+
+        return write
+
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    timed_write("dit.safetensors", lambda: build_dit(preset, dev, dtype).state_dict())
-    timed_write("decoder.safetensors", lambda: build_vae(preset, dev, dtype).state_dict())
+    timed_write("dit.safetensors", weights(lambda: build_dit(preset, dev, dtype)))
+    timed_write("decoder.safetensors", weights(lambda: build_vae(preset, dev, dtype)))
     if preset != "mochi-1-preview":  # Genmo's directories carry no config: ours says which sizes these are
         from ..checkpoints import MOCHI_CONFIG_FILE
 
         p = get_preset(preset)
         (folder / MOCHI_CONFIG_FILE).write_text(json.dumps({"dit": p.dit.to_dict(), "vae": p.vae.to_dict()}, indent=2))
 
-    def write_t5():
+    def write_t5(target: Path) -> None:  # HF layout: the encoder in text_encoder/, its tokenizer beside it
         t5 = build_t5(preset, dev, dtype).to("cpu")
-        t5.save_pretrained(str(folder / "text_encoder"), safe_serialization=True, is_main_process=True)
-        tok = build_tokenizer()
-        tok.save_pretrained(str(folder / "tokenizer"))
+        t5.save_pretrained(str(target), safe_serialization=True, is_main_process=True)
+        build_tokenizer().save_pretrained(str(folder / "tokenizer"))
 
     timed_write("text_encoder", write_t5)
     return seconds
