@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                          "row included: how far bf16 rounding alone moves each layout")
     ap.add_argument("--profile", action="store_true",
                     help="with --layouts: rank 0's GPU kernel time per category for one step of each layout")
+    ap.add_argument("--profile-steps", type=int, default=1,
+                    help="with --profile: profile this many steps back to back (totals, not per step)")
     ap.add_argument("--gpu-budget-gib", type=float, default=None,
                     help="cap each rank's allocator at this many GiB (torch.cuda.set_per_process_memory_fraction)")
     a = ap.parse_args(argv)
@@ -166,14 +168,17 @@ def main_parallel(a: argparse.Namespace) -> int:
             "cond_tokens": a.cond_tokens, "attention": a.attention, "compile": not a.no_compile,
             "compile_parts": [p for p in a.compile_parts.split(",") if p],
             "warmup": a.warmup, "iters": a.iters, "weights": "replicated", "budget_gib": a.gpu_budget_gib,
-            "profile": a.profile, "depth": a.depth, "fp32_reference": a.fp32_reference}
+            "profile": a.profile, "profile_steps": a.profile_steps, "depth": a.depth,
+            "fp32_reference": a.fp32_reference}
     modes = [m for m in a.weights.split(",") if m]
     engines = [e for e in a.engines.split(",") if e]
     unknown = [e for e in engines if e not in ATTENTION_ENGINES]  # refused before any GPU work
     if unknown:
         raise SystemExit(f"--engines: {', '.join(map(repr, unknown))} not among {', '.join(ATTENTION_ENGINES)}")
     base = run_layout(Layout(1, 1, 1), opts)
-    print(f"1 GPU: {base['ms']:.1f} ms/step ({base['chained_ms']:.1f} back to back)", flush=True)
+    print(f"1 GPU: {base['ms']:.1f} ms/step ({base['chained_ms']:.1f} back to back)"
+          + (f"; kernels {base['profile']['by_category_ms']}, GPU idle {base['profile']['idle_ms']} ms"
+             if base.get("profile") else ""), flush=True)
     rows = [{"layout": "1x1x1", "gpus": 1, "weights": "replicated", "ms_per_cfg_step": round(base["ms"], 1),
              "speedup": 1.0, "ms_per_cfg_step_chained": round(base["chained_ms"], 1), "speedup_chained": 1.0,
              "rel_err_vs_1gpu": 0.0, "rel_err_eager_vs_1gpu": 0.0,
@@ -223,7 +228,9 @@ def main_parallel(a: argparse.Namespace) -> int:
                     row["rel_err_eager_vs_first_engine"] = rel_err(r["v_eager"], first_v["v_eager"])
                 rows.append(row)
                 if r.get("profile"):
-                    print(f"{what} rank 0 kernels: {r['profile']['by_category_ms']}", flush=True)
+                    p = r["profile"]
+                    print(f"{what} rank 0 kernels: {p['by_category_ms']}, GPU idle {p['idle_ms']} ms "
+                          f"(longest before: {p['idle_before'][:3]})", flush=True)
                 print(f"{what}: {r['ms']:.1f} ms/step, {base['ms'] / r['ms']:.3f}x; back to back "
                       f"{r['chained_ms']:.1f} ms/step, {row['speedup_chained']:.3f}x; rel err {err:.2e} "
                       f"(eager {row['rel_err_eager_vs_1gpu']:.2e})"
@@ -241,6 +248,7 @@ def main_parallel(a: argparse.Namespace) -> int:
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "preset": a.preset,
                   "cond_tokens": a.cond_tokens},
         "compile": not a.no_compile, "compile_parts": opts["compile_parts"], "engines": engines,
+        "profile_steps": a.profile_steps if a.profile else None,
         "attention": a.attention,
         "gpu_budget_gib": a.gpu_budget_gib,
     })

@@ -76,14 +76,20 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
                 chained_ms, _ = time_cuda_chained(lambda: velocity(z, 0.7), opts["iters"], repeats=2)
                 v = velocity(z, 0.7)
                 profile = None
-                if opts.get("profile") and gpu:  # every rank runs the step twice (collectives); rank 0 records
+                if opts.get("profile") and gpu:  # every rank runs the steps twice (collectives); rank 0 records
+                    steps = opts.get("profile_steps", 1)  # several: back to back, as the sampler runs them
+
+                    def run_steps() -> None:
+                        for _ in range(steps):
+                            velocity(z, 0.7)
+
                     if rank == 0:
                         from .step import profile_step
 
-                        profile = profile_step(lambda: velocity(z, 0.7))
+                        profile = profile_step(run_steps)
                     else:
-                        velocity(z, 0.7)
-                        velocity(z, 0.7)
+                        run_steps()
+                        run_steps()
         except torch.OutOfMemoryError as e:  # the same on every rank: the layout does not fit the budget
             error, ms, all_ms, v, profile = f"out of memory: {str(e).splitlines()[0]}", 0.0, [], None, None
             chained_ms = 0.0
