@@ -32,10 +32,11 @@ def available() -> bool:
 
 def usable(qkv: torch.Tensor) -> bool:
     """Whether the fused pass can take this projection output [B, N, 3, H, D] (decided at trace time under
-    torch.compile): CUDA, a 16-bit dtype, and a power-of-two head dim (Triton's block shapes; Mochi's is 128)."""
+    torch.compile): CUDA on Ampere or newer (Triton's bf16), a 16-bit dtype, and a power-of-two head dim
+    (Triton's block shapes; Mochi's is 128)."""
     d = qkv.shape[-1]
     return (qkv.is_cuda and qkv.dtype in (torch.bfloat16, torch.float16) and d >= 16 and d & (d - 1) == 0
-            and available())
+            and torch.cuda.get_device_capability(qkv.device)[0] >= 8 and available())
 
 
 @functools.cache
