@@ -66,23 +66,8 @@ def time_cuda_chained(fn: Callable[[], object], calls: int, repeats: int) -> tup
     while the GPU still runs the previous one. `time_cuda` synchronises after every call, so each of its
     timings also holds the host's time to launch the call's first kernels; here that is paid once per run."""
     assert calls >= 1 and repeats >= 1
-    times = []
-    for _ in range(repeats):
-        if not torch.cuda.is_available():
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            times.append((time.perf_counter() - t0) * 1000 / calls)
-            continue
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times), times
+    ms, times = time_cuda(lambda: [fn() for _ in range(calls)], 0, repeats)
+    return ms / calls, [t / calls for t in times]
 
 
 def build_t5(preset: str, device, dtype: torch.dtype, seed: int = 7):
