@@ -63,13 +63,25 @@ def _launch(qkv, cos, sin, wq, wk, eps: float, outs, ulysses: int) -> None:
                     BATCH=b, HU=h // ulysses, D=d, BLOCK_N=BLOCK_TOKENS)
 
 
+def _joint_buffers(qkv: torch.Tensor, text_len: int) -> list[torch.Tensor]:
+    """joint_qkv's outputs, allocated (the op and its fake share this, so their shapes cannot drift apart)."""
+    b, n, _, h, d = qkv.shape
+    return [qkv.new_empty(b, n + text_len, h, d) for _ in range(3)]
+
+
+def _exchange_buffer(qkv: torch.Tensor, ulysses: int) -> torch.Tensor:
+    """exchange_qkv's output, allocated (shared with its fake)."""
+    b, n, _, h, d = qkv.shape
+    return qkv.new_empty(3, b, ulysses, n, h // ulysses, d)
+
+
 @torch.library.custom_op("mochi::joint_qkv", mutates_args=())
 def joint_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor,
               eps: float, q_y: torch.Tensor, k_y: torch.Tensor, v_y: torch.Tensor) -> list[torch.Tensor]:
     """Q, K, V as [B, N+L, H, D] buffers: visual rows normed and rotated from qkv [B, N, 3, H, D], then the
     text rows (q_y, k_y, v_y [B, L, H, D], already normed)."""
-    b, n, _, h, d = qkv.shape
-    outs = [qkv.new_empty(b, n + q_y.shape[1], h, d) for _ in range(3)]
+    n, h = qkv.shape[1], qkv.shape[3]
+    outs = _joint_buffers(qkv, q_y.shape[1])
     _launch(qkv, cos, sin, wq, wk, eps, [o[:, :n].unflatten(2, (1, h)) for o in outs], 1)
     for out, text in zip(outs, (q_y, k_y, v_y)):
         out[:, n:] = text
@@ -78,8 +90,7 @@ def joint_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wq: torch
 
 @joint_qkv.register_fake
 def _(qkv, cos, sin, wq, wk, eps, q_y, k_y, v_y):
-    b, n, _, h, d = qkv.shape
-    return [qkv.new_empty(b, n + q_y.shape[1], h, d) for _ in range(3)]
+    return _joint_buffers(qkv, q_y.shape[1])
 
 
 @torch.library.custom_op("mochi::exchange_qkv", mutates_args=())
@@ -87,13 +98,11 @@ def exchange_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wq: to
                  eps: float, ulysses: int) -> torch.Tensor:
     """Visual Q, K, V as one [3, B, U, N, H/U, D] buffer: each (tensor, sample, destination rank) block
     contiguous and token-major, as the Ulysses exchange sends it."""
-    b, n, _, h, d = qkv.shape
-    out = qkv.new_empty(3, b, ulysses, n, h // ulysses, d)
+    out = _exchange_buffer(qkv, ulysses)
     _launch(qkv, cos, sin, wq, wk, eps, [t.transpose(1, 2) for t in out.unbind(0)], ulysses)
     return out
 
 
 @exchange_qkv.register_fake
 def _(qkv, cos, sin, wq, wk, eps, ulysses):
-    b, n, _, h, d = qkv.shape
-    return qkv.new_empty(3, b, ulysses, n, h // ulysses, d)
+    return _exchange_buffer(qkv, ulysses)
