@@ -177,23 +177,22 @@ class AsymmetricAttention(nn.Module):
             norms = (self.q_norm_x.weight, self.k_norm_x.weight, self.q_norm_x.eps)  # one eps: both from cfg
             if visual_split is not None:
                 visual = qk_rope.exchange_qkv(qkv, *rope, *norms, visual_split)
-                return (*visual.unbind(0), *(t.transpose(1, 2) for t in (q_y, k_y, v_y)))
-            joint = [t.transpose(1, 2) for t in qk_rope.joint_qkv(qkv, *rope, *norms, q_y, k_y, v_y)]
-            return tuple(j[:, :, :n] for j in joint) + tuple(j[:, :, n:] for j in joint)
-        q_x, k_x, v_x = qkv.unbind(2)
-        q_x = apply_rope(self.q_norm_x(q_x), *rope)
-        k_x = apply_rope(self.k_norm_x(k_x), *rope)
+            else:
+                joint = qk_rope.joint_qkv(qkv, *rope, *norms, q_y, k_y, v_y)
+        else:
+            q_x, k_x, v_x = qkv.unbind(2)
+            q_x = apply_rope(self.q_norm_x(q_x), *rope)
+            k_x = apply_rope(self.k_norm_x(k_x), *rope)
+            if visual_split is not None:
+                u = visual_split
+                visual = torch.stack([q_x, k_x, v_x]).view(3, b, n, u, self.num_heads // u, -1)
+                visual = visual.permute(0, 1, 3, 2, 4, 5).contiguous()
+            else:
+                joint = [torch.cat([vis, txt], dim=1) for vis, txt in ((q_x, q_y), (k_x, k_y), (v_x, v_y))]
         if visual_split is not None:
-            u = visual_split
-            visual = torch.stack([q_x, k_x, v_x]).view(3, b, n, u, self.num_heads // u, -1)
-            visual = visual.permute(0, 1, 3, 2, 4, 5).contiguous()
             return (*visual.unbind(0), *(t.transpose(1, 2) for t in (q_y, k_y, v_y)))
-        out = []
-        for vis, txt in ((q_x, q_y), (k_x, k_y), (v_x, v_y)):
-            joint = torch.cat([vis, txt], dim=1).transpose(1, 2)  # [B, H, N+L, D] view of [B, N+L, H, D]
-            out.append((joint[:, :, :n], joint[:, :, n:]))
-        (q_x, q_y), (k_x, k_y), (v_x, v_y) = out
-        return q_x, k_x, v_x, q_y, k_y, v_y
+        joint = [j.transpose(1, 2) for j in joint]  # [B, H, N+L, D] views of [B, N+L, H, D]
+        return tuple(j[:, :, :n] for j in joint) + tuple(j[:, :, n:] for j in joint)
 
     def output(self, out_x: torch.Tensor, out_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, _, n, _ = out_x.shape
