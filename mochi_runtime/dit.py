@@ -164,9 +164,11 @@ class AsymmetricAttention(nn.Module):
         RoPE and these writes are one Triton pass (qk_rope.py); elsewhere the eager code below, which
         torch.compile fuses into the same writes.
 
-        visual_split=U (Ulysses over U ranks, token-major exchange): the visual Q, K, V instead come as one
-        [3, B, U, N, H/U, D] buffer, each (sample, destination rank) block contiguous and token-major, so the
-        exchange sends and receives without packing copies; text Q/K/V stay [B, H, L, D].
+        visual_split=U (Ulysses over U ranks, token-major exchange): the visual Q, K, V instead come as the
+        three [B, U, N, H/U, D] slots of one [B, U, N, 3, H/U, D] buffer, each (sample, destination rank) block
+        contiguous and token-major with a token's Q, K and V side by side, so the exchange sends each block as
+        it is and receives each source's rows in one piece (usp.interleaved_blocks); text Q/K/V stay
+        [B, H, L, D].
         """
         b, n, _ = x.shape
         l = y.shape[1]
@@ -185,12 +187,12 @@ class AsymmetricAttention(nn.Module):
             k_x = apply_rope(self.k_norm_x(k_x), *rope)
             if visual_split is not None:
                 u = visual_split
-                visual = torch.stack([q_x, k_x, v_x]).view(3, b, n, u, self.num_heads // u, -1)
-                visual = visual.permute(0, 1, 3, 2, 4, 5).contiguous()
+                visual = torch.stack([t.view(b, n, u, self.num_heads // u, -1) for t in (q_x, k_x, v_x)], dim=3)
+                visual = visual.permute(0, 2, 1, 3, 4, 5).contiguous()
             else:
                 joint = [torch.cat([vis, txt], dim=1) for vis, txt in ((q_x, q_y), (k_x, k_y), (v_x, v_y))]
         if visual_split is not None:
-            return (*visual.unbind(0), *(t.transpose(1, 2) for t in (q_y, k_y, v_y)))
+            return (*visual.unbind(3), *(t.transpose(1, 2) for t in (q_y, k_y, v_y)))
         joint = [j.transpose(1, 2) for j in joint]  # [B, H, N+L, D] views of [B, N+L, H, D]
         return tuple(j[:, :, :n] for j in joint) + tuple(j[:, :, n:] for j in joint)
 

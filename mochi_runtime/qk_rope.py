@@ -4,7 +4,8 @@ Why: compiled by inductor, this part of each block is a reduction kernel that ru
 card's memory bandwidth plus a separate copy into the layout attention reads (1 GPU: ~50 ms of pointwise
 kernels in a ~990 ms step at 848x480x49; this pass does the same work in ~21 ms; docs/benchmarks.md). Here
 one kernel reads the Q/K/V projection once and writes each of Q, K, V straight to its destination: the joint
-[visual; text] buffers of one process, or the per-destination blocks of the Ulysses exchange.
+[visual; text] buffers of one process, or the per-destination blocks of the Ulysses exchange (Q, K, V
+interleaved per token, so each block goes out in one piece).
 
 The arithmetic is the eager code's (`dit.RMSNorm` then `dit.apply_rope`): fp32 norm, rounding to the
 activation dtype, fp32 rotation of interleaved (even, odd) pairs, rounding again. Only the order of the
@@ -72,7 +73,7 @@ def _joint_buffers(qkv: torch.Tensor, text_len: int) -> list[torch.Tensor]:
 def _exchange_buffer(qkv: torch.Tensor, ulysses: int) -> torch.Tensor:
     """exchange_qkv's output, allocated (shared with its fake)."""
     b, n, _, h, d = qkv.shape
-    return qkv.new_empty(3, b, ulysses, n, h // ulysses, d)
+    return qkv.new_empty(b, ulysses, n, 3, h // ulysses, d)
 
 
 @torch.library.custom_op("mochi::joint_qkv", mutates_args=())
@@ -96,10 +97,10 @@ def _(qkv, cos, sin, wq, wk, eps, q_y, k_y, v_y):
 @torch.library.custom_op("mochi::exchange_qkv", mutates_args=())
 def exchange_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor,
                  eps: float, ulysses: int) -> torch.Tensor:
-    """Visual Q, K, V as one [3, B, U, N, H/U, D] buffer: each (tensor, sample, destination rank) block
-    contiguous and token-major, as the Ulysses exchange sends it."""
+    """Visual Q, K, V as one [B, U, N, 3, H/U, D] buffer: each (sample, destination rank) block contiguous,
+    token-major with the token's Q, K and V rows side by side, as the Ulysses exchange sends it."""
     out = _exchange_buffer(qkv, ulysses)
-    _launch(qkv, cos, sin, wq, wk, eps, [t.transpose(1, 2) for t in out.unbind(0)], ulysses)
+    _launch(qkv, cos, sin, wq, wk, eps, [t.transpose(1, 2) for t in out.unbind(3)], ulysses)
     return out
 
 

@@ -127,6 +127,31 @@ def test_killed_worker_raises_quickly_and_leaves_no_orphans(official_dir, refere
         group.denoise(REQUEST, cond, uncond)
 
 
+def test_exchange_sends_the_projections_buffer_as_it_is():
+    """The Ulysses exchange takes the visual Q/K/V as the one [B, U, n, 3, H/U, D] buffer the projections wrote
+    (a view, no copy); three separate tensors are packed into the same layout."""
+    import dataclasses
+
+    from mochi_runtime.config import DiTConfig
+    from mochi_runtime.dit import AsymmetricAttention
+    from mochi_runtime.parallel.usp import interleaved_blocks
+
+    cfg = dataclasses.replace(DiTConfig(), hidden_size_x=96, hidden_size_y=64, num_heads=4)
+    attn = AsymmetricAttention(cfg, update_y=True).eval()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(2, 10, 96, generator=g), torch.randn(2, 5, 64, generator=g)
+    angles = torch.randn(10, 4, 12, generator=g)
+    with torch.inference_mode():
+        q_x, k_x, v_x, *_ = attn.project(x, y, (angles.cos(), angles.sin()), visual_split=2)
+        blocks = interleaved_blocks(q_x, k_x, v_x)
+        packed = interleaved_blocks(q_x.clone(), k_x.clone(), v_x.clone())
+    assert blocks.shape == packed.shape == (2, 2, 10, 3, 2, 24) and blocks.is_contiguous()
+    assert blocks.data_ptr() == q_x.data_ptr()  # the projections' buffer itself
+    assert packed.data_ptr() != q_x.data_ptr() and torch.equal(blocks, packed)
+    for t, part in enumerate((q_x, k_x, v_x)):
+        assert torch.equal(blocks[:, :, :, t], part)
+
+
 def test_layout_validation():
     with pytest.raises(LayoutError, match="ulysses degree 5 must divide the 24"):
         Layout(1, 5, 1).validate(num_heads=24)

@@ -5,8 +5,9 @@ One DiT step at 848x480x49 makes 48 block exchanges; each sends the visual Q, K,
 brings the attention output back. This times 48 such exchanges on the real sizes of a layout's Ulysses
 groups, for each transport:
 
-    nccl     what the step does: one list all-to-all per (tensor, sample) (`parallel.usp.swap_blocks`)
-    single   the same bytes as one all_to_all_single per direction (the launch-count floor of NCCL)
+    nccl     what the step did until 2026-11-28: one list all-to-all per (tensor, sample) (`swap_blocks` below)
+    single   the same bytes as one all_to_all_single per direction (the launch-count floor of NCCL; the
+             step now sends one per sample, from Q/K/V-interleaved blocks: `parallel.usp.interleaved_blocks`)
     ce       copy engines: the sources live in symmetric memory, each rank pulls its blocks with
              cudaMemcpyAsync between barriers (no SMs taken from compute)
 
@@ -28,7 +29,6 @@ import torch.multiprocessing as mp
 
 from mochi_runtime.bench.common import environment, record_header, rows_to_rank0, time_cuda
 from mochi_runtime.parallel.topology import free_port, join_loopback_group
-from mochi_runtime.parallel.usp import swap_blocks
 
 D = 128
 STEP_BLOCKS = 48
@@ -50,6 +50,13 @@ ENVS = {
 }
 # 2026-11-27, 4x H200: no setting beat the defaults (docs/benchmarks.md); A2A_SKIP_ENVS=a,b skips settings.
 SKIP = tuple(os.environ.get("A2A_SKIP_ENVS", "").split(",")) if os.environ.get("A2A_SKIP_ENVS") else ()
+
+
+def swap_blocks(exchanges, group) -> None:
+    """Per exchange, (blocks to send, blocks to receive into), both listed by peer index over `group`: one list
+    all-to-all each, straight between the given views (the step's exchange until 2026-11-28)."""
+    for sends, recvs in exchanges:
+        dist.all_to_all(list(recvs), [t.contiguous() for t in sends], group=group)
 
 
 def _copy_engine_exchange(src, out, bufs, back, group, U: int, me: int, b: int, n: int):
