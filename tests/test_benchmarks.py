@@ -153,7 +153,7 @@ def test_parallel_dit_benchmark_runs_shallow_models_for_error_growth(tmp_path, m
     monkeypatch.setenv("NCCL_DEBUG", "WARN")
     assert main(["--preset", "tiny", "--layouts", "1x2x1,1x2x1", "--engines", "ours,xdit", "--no-compile",
                  "--iters", "1", "--warmup", "0", "--frames", "13", "--height", "64", "--width", "96", "--depth", "2",
-                 "--fp32-reference", "--json", str(out)]) == 0
+                 "--fp32-reference", "--gc-freeze", "--json", str(out)]) == 0
     rec = json.loads(out.read_text())
     assert rec["depth"] == 2 and [r["layout"] for r in rec["results"]] == ["1x1x1"] + ["1x2x1"] * 4
     assert rec["nccl_env"] == {"NCCL_DEBUG": "WARN"}  # the NCCL_* settings a record ran under
@@ -169,6 +169,9 @@ def test_parallel_dit_benchmark_runs_shallow_models_for_error_growth(tmp_path, m
     assert first["rel_err_eager_vs_fp32"] < 1e-5 and second["rel_err_eager_vs_fp32"] < 1e-5
     assert second["rel_err_vs_earlier_run"] == 0.0  # a layout named twice: fresh processes, same numbers on CPU
     base = rec["results"][0]
+    # every rank's collector passes during the timed steps (after --gc-freeze's warm step and collection)
+    assert len(base["gc_per_rank"]) == 1 and len(first["gc_per_rank"]) == 2
+    assert all(set(r) <= {"gen0", "gen1", "gen2"} for r in first["gc_per_rank"])
     for row in (base, first, second):  # also timed back to back, as the sampler runs its steps
         assert row["ms_per_cfg_step_chained"] > 0
         ratio = base["ms_per_cfg_step_chained"] / row["ms_per_cfg_step_chained"]  # of the rounded times
@@ -243,3 +246,19 @@ def test_rows_to_rank0_puts_every_ranks_rows_on_the_queue_and_ends_the_group(mon
     rows_to_rank0([{"rank": 0, "ms": 1.0}], q)
     assert q.get_nowait() == [{"rank": 0, "ms": 1.0}]
     assert not dist.is_initialized()
+
+
+def test_collector_passes_are_recorded_with_their_generation():
+    import gc
+
+    from mochi_runtime.bench.common import gc_pauses, gc_summary
+
+    with gc_pauses() as pauses:
+        gc.collect()
+        gc.collect(0)
+    assert [g for g, _ in pauses][-2:] == [2, 0] and all(ms >= 0 for _, ms in pauses)
+    summary = gc_summary(pauses)
+    assert summary["gen2"]["passes"] >= 1 and summary["gen0"]["max_ms"] <= summary["gen0"]["total_ms"]
+    seen = len(pauses)
+    gc.collect()
+    assert len(pauses) == seen  # the callback is gone after the block

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import os
 import queue
@@ -57,6 +58,37 @@ def time_cuda(fn: Callable[[], object], warmup: int, iters: int) -> tuple[float,
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times), times
+
+
+@contextmanager
+def gc_pauses() -> Iterator[list[tuple[int, float]]]:
+    """Python's garbage-collector passes inside the block as (generation, host ms), from gc.callbacks.
+
+    Why: a pass stops the host; on a multi-GPU group the rank whose host stops late makes every rank wait in
+    the next collective, so a pass anywhere in the group shows up in every rank's step time."""
+    pauses: list[tuple[int, float]] = []
+    started = [0.0]
+
+    def note(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.append((info["generation"], (time.perf_counter() - started[0]) * 1000))
+
+    gc.callbacks.append(note)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(note)
+
+
+def gc_summary(pauses: list[tuple[int, float]]) -> dict:
+    """Per generation: passes and their total and longest host ms."""
+    out = {}
+    for gen in sorted({g for g, _ in pauses}):
+        ms = [t for g, t in pauses if g == gen]
+        out[f"gen{gen}"] = {"passes": len(ms), "total_ms": round(sum(ms), 2), "max_ms": round(max(ms), 2)}
+    return out
 
 
 def time_cuda_chained(fn: Callable[[], object], calls: int, repeats: int) -> tuple[float, list[float]]:

@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --layouts: rank 0's GPU kernel time per category for one step of each layout")
     ap.add_argument("--profile-steps", type=int, default=1,
                     help="with --profile: profile this many steps back to back (totals, not per step)")
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="with --layouts: after one warm step, collect and gc.freeze() in every rank before timing "
+                         "(each row reports every rank's collector passes during the timed steps either way)")
     ap.add_argument("--gpu-budget-gib", type=float, default=None,
                     help="cap each rank's allocator at this many GiB (torch.cuda.set_per_process_memory_fraction)")
     a = ap.parse_args(argv)
@@ -169,21 +172,24 @@ def main_parallel(a: argparse.Namespace) -> int:
             "compile_parts": [p for p in a.compile_parts.split(",") if p],
             "warmup": a.warmup, "iters": a.iters, "weights": "replicated", "budget_gib": a.gpu_budget_gib,
             "profile": a.profile, "profile_steps": a.profile_steps, "depth": a.depth,
-            "fp32_reference": a.fp32_reference}
+            "fp32_reference": a.fp32_reference, "gc_freeze": a.gc_freeze}
     modes = [m for m in a.weights.split(",") if m]
     engines = [e for e in a.engines.split(",") if e]
     unknown = [e for e in engines if e not in ATTENTION_ENGINES]  # refused before any GPU work
     if unknown:
         raise SystemExit(f"--engines: {', '.join(map(repr, unknown))} not among {', '.join(ATTENTION_ENGINES)}")
     base = run_layout(Layout(1, 1, 1), opts)
-    print(f"1 GPU: {base['ms']:.1f} ms/step ({base['chained_ms']:.1f} back to back)"
+    print(f"1 GPU: {base['ms']:.1f} ms/step ({base['chained_ms']:.1f} back to back), steps "
+          f"{[round(t, 1) for t in base['all_ms']]}, collector passes {base['gc']}"
           + (f"; kernels {base['profile']['by_category_ms']}, GPU idle {base['profile']['idle_ms']} ms"
              if base.get("profile") else ""), flush=True)
     rows = [{"layout": "1x1x1", "gpus": 1, "weights": "replicated", "ms_per_cfg_step": round(base["ms"], 1),
              "speedup": 1.0, "ms_per_cfg_step_chained": round(base["chained_ms"], 1), "speedup_chained": 1.0,
              "rel_err_vs_1gpu": 0.0, "rel_err_eager_vs_1gpu": 0.0,
              "peak_gib_per_gpu": [round(p, 2) for p in base["peak_gib"]],
-             "weight_gib_per_gpu": [round(p, 2) for p in base["weight_gib"]], "profile_rank0": base.get("profile")}]
+             "weight_gib_per_gpu": [round(p, 2) for p in base["weight_gib"]],
+             "all_ms": [round(t, 1) for t in base["all_ms"]], "gc_per_rank": base["gc"],
+             "profile_rank0": base.get("profile")}]
     if base.get("v_fp32") is not None:
         rows[0]["rel_err_eager_vs_fp32"] = rel_err(base["v_eager"], base["v_fp32"])
         print(f"1 GPU bf16 vs fp32 (eager): {rows[0]['rel_err_eager_vs_fp32']:.2e}", flush=True)
@@ -214,7 +220,8 @@ def main_parallel(a: argparse.Namespace) -> int:
                        "rel_err_vs_1gpu": err, "rel_err_eager_vs_1gpu": rel_err(r["v_eager"], base["v_eager"]),
                        "peak_gib_per_gpu": [round(p, 2) for p in r["peak_gib"]],
                        "weight_gib_per_gpu": [round(p, 2) for p in r["weight_gib"]],
-                       "all_ms": [round(t, 1) for t in r["all_ms"]], "profile_rank0": r.get("profile")}
+                       "all_ms": [round(t, 1) for t in r["all_ms"]], "gc_per_rank": r["gc"],
+                       "profile_rank0": r.get("profile")}
                 if base.get("v_fp32") is not None:
                     row["rel_err_eager_vs_fp32"] = rel_err(r["v_eager"], base["v_fp32"])
                 first = earlier.setdefault((name, mode, engine), r)
@@ -231,6 +238,7 @@ def main_parallel(a: argparse.Namespace) -> int:
                     p = r["profile"]
                     print(f"{what} rank 0 kernels: {p['by_category_ms']}, GPU idle {p['idle_ms']} ms "
                           f"(longest before: {p['idle_before'][:3]})", flush=True)
+                print(f"{what}: steps {row['all_ms']} ms; collector passes per rank {r['gc']}", flush=True)
                 print(f"{what}: {r['ms']:.1f} ms/step, {base['ms'] / r['ms']:.3f}x; back to back "
                       f"{r['chained_ms']:.1f} ms/step, {row['speedup_chained']:.3f}x; rel err {err:.2e} "
                       f"(eager {row['rel_err_eager_vs_1gpu']:.2e})"

@@ -5,6 +5,7 @@ against the 1-GPU run of the same weights and inputs in the same invocation.
 from __future__ import annotations
 
 import copy
+import gc
 from datetime import timedelta
 
 import torch
@@ -14,7 +15,7 @@ from ..parallel.topology import Layout, ParallelGroups, free_port, join_loopback
 from ..parallel.sharded import local_parameter_count
 from ..parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
 from ..text_encoder import TextEmbedding
-from .common import run_ranks, time_cuda, time_cuda_chained
+from .common import gc_pauses, gc_summary, run_ranks, time_cuda, time_cuda_chained
 from .dit import build_dit, cfg_inputs
 
 
@@ -72,8 +73,13 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
                     dit.compile_blocks(tuple(opts.get("compile_parts") or dit.COMPILED_PARTS))
                 if gpu:
                     torch.cuda.reset_peak_memory_stats()
-                ms, all_ms = time_cuda(lambda: velocity(z, 0.7), opts["warmup"], opts["iters"])
-                chained_ms, _ = time_cuda_chained(lambda: velocity(z, 0.7), opts["iters"], repeats=2)
+                if opts.get("gc_freeze"):  # what a serving worker would do once warm: compiled code, caches and
+                    velocity(z, 0.7)  # weights' Python objects out of every later collector pass
+                    gc.collect()
+                    gc.freeze()
+                with gc_pauses() as pauses:
+                    ms, all_ms = time_cuda(lambda: velocity(z, 0.7), opts["warmup"], opts["iters"])
+                    chained_ms, _ = time_cuda_chained(lambda: velocity(z, 0.7), opts["iters"], repeats=2)
                 v = velocity(z, 0.7)
                 profile = None
                 if opts.get("profile") and gpu:  # every rank runs the steps twice (collectives); rank 0 records
@@ -92,16 +98,17 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
                         run_steps()
         except torch.OutOfMemoryError as e:  # the same on every rank: the layout does not fit the budget
             error, ms, all_ms, v, profile = f"out of memory: {str(e).splitlines()[0]}", 0.0, [], None, None
-            chained_ms = 0.0
+            chained_ms, pauses = 0.0, []
         peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else 0.0
-        peaks, weights_gib = [None] * layout.world, [None] * layout.world
+        peaks, weights_gib, gcs = [None] * layout.world, [None] * layout.world, [None] * layout.world
         dist.all_gather_object(peaks, peak, group=groups.control)
+        dist.all_gather_object(gcs, gc_summary(pauses), group=groups.control)
         dist.all_gather_object(weights_gib, weight_gib, group=groups.control)
         if rank == 0:
             if error is not None:
                 out_q.put({"error": error, "peak_gib": peaks, "weight_gib": weights_gib})
             else:
-                out_q.put({"ms": ms, "all_ms": all_ms, "chained_ms": chained_ms, "peak_gib": peaks,
+                out_q.put({"ms": ms, "all_ms": all_ms, "chained_ms": chained_ms, "peak_gib": peaks, "gc": gcs,
                            "weight_gib": weights_gib,
                            "v": v.float().cpu().numpy(), "profile": profile, "v_fp32": v_fp32,
                            "v_eager": (v if v_eager is None else v_eager).float().cpu().numpy()})
