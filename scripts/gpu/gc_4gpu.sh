@@ -2,6 +2,9 @@
 # steps slow in most runs) Python collector passes? cfg 2 x ulysses 2 at 49 frames, 10 steps, every rank's
 # collector passes recorded; then the same with --gc-freeze (collect and gc.freeze() after a warm step).
 # Carry: .whl
+# Ran 2026-11-28 on 4x H100: default 1 GPU 959.5, 2x2x1 278.6 ms (3.443x), steps 270.1-294.7, 2 gen-2 passes of up to
+# 363 ms per rank while timed; --gc-freeze 960.1 / 280.3 (3.425x), steps 274.9-297.1, no passes: not the collector.
+# Records docs/bench/dit_gc_{default,freeze}_49f_h100x4.json.
 source scripts/gpu/setup.sh
 mkdir -p "$OUT"
 for mode in default freeze; do
