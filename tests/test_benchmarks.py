@@ -38,6 +38,7 @@ def test_step_flops_match_the_published_per_sample_counts():
     ("void at::native::(anonymous namespace)::CatArrayBatchedCopy<int>", "copies"),
     ("ncclDevKernel_SendRecv", "communication"),
     ("qk_norm_rope_kernel", "pointwise (triton)"),  # mochi_runtime/qk_rope.py's pass
+    ("triton_tem_fused_addmm_mul_0", "matmul"),  # inductor's GEMM template with its epilogue (max_autotune)
 ])
 def test_kernel_names_fall_into_their_categories(name, category):
     assert categorise(name) == category

@@ -69,7 +69,9 @@ def categorise(name: str) -> str:
         return "communication"
     if any(k in n for k in ("fmha", "sdpa", "flash", "attention", "attn")):
         return "attention"
-    if any(k in n for k in ("gemm", "nvjet", "xmma", "cutlass", "cublas", "scaled_mm", "splitk")):
+    # triton_tem: inductor's GEMM templates (max_autotune), their epilogue fused in
+    if n.startswith("triton_tem") or any(k in n for k in ("gemm", "nvjet", "xmma", "cutlass", "cublas", "scaled_mm",
+                                                            "splitk")):
         return "matmul"
     if n.startswith("triton") or n.startswith("qk_norm_rope"):  # inductor's kernels, and qk_rope's pass
         return "pointwise (triton)"
@@ -144,6 +146,9 @@ def profile_step(fn) -> dict:
             "top_kernels": [{"ms": round(ms, 2), "calls": c, "name": n} for ms, c, n in kernels[:12]]}
 
 
+COMPILE_OPTIONS = {"bf16+tuned": {"coordinate_descent_tuning": True}, "bf16+autotune": {"max_autotune": True}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mochi_runtime.bench step")
     add_shape_args(ap, "49")
@@ -153,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tuned", action="store_true",
                     help="also time bf16 with inductor's coordinate-descent tuning of the compiled pointwise and "
                          "reduction kernels (their launch configs benchmarked on the card; longer compile)")
+    ap.add_argument("--autotune", action="store_true",
+                    help="also time bf16 compiled with inductor's max_autotune: its Triton GEMM templates are "
+                         "benchmarked against cuBLAS per shape, and where one wins the following pointwise work is "
+                         "fused into its epilogue (much longer compile)")
     ap.add_argument("--unfused-qk-rope", action="store_true",
                     help="also time bf16 with QK-norm + RoPE compiled by inductor instead of the fused Triton pass")
     ap.add_argument("--profile", action="store_true", help="kernel-time breakdown of one step per mode")
@@ -169,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
              "fp8_matmul_tflops": round(matmul_tflops(torch.float8_e4m3fn), 1)}
     print(rates, flush=True)
     modes = (["bf16"] + (["bf16+inductor-qk"] if a.unfused_qk_rope else []) + (["bf16+tuned"] if a.tuned else [])
+             + (["bf16+autotune"] if a.autotune else [])
              + (["fp8"] if a.fp8 else [])
              + (["fp8+attention"] if a.fp8_attention else []))
     rows, outputs = [], {}
@@ -181,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         if mode == "bf16+inductor-qk":
             dit.use_fused_qk_rope(False)
         weights_gib = weight_bytes(dit) / 2**30
-        dit.compile_blocks(options={"coordinate_descent_tuning": True} if mode == "bf16+tuned" else None)
+        dit.compile_blocks(options=COMPILE_OPTIONS.get(mode))
         for frames in frames_list:
             x, sigma, y, mask = cfg_inputs(cfg, frames, a.height, a.width, a.cond_tokens, dev, torch.bfloat16)
             visual = x.shape[2] * x.shape[3] * x.shape[4] // cfg.patch_size**2
