@@ -152,6 +152,29 @@ def test_exchange_sends_the_projections_buffer_as_it_is():
         assert torch.equal(blocks[:, :, :, t], part)
 
 
+def test_compiled_projections_still_hand_over_one_buffer():
+    """torch.compile returns the three views of the projections' buffer as views of one output, so the exchange
+    still sends it without packing (a packing copy would cost each block what the one-message exchange saves)."""
+    import dataclasses
+
+    from mochi_runtime.config import DiTConfig
+    from mochi_runtime.dit import AsymmetricJointBlock
+    from mochi_runtime.parallel.usp import interleaved_blocks
+
+    cfg = dataclasses.replace(DiTConfig(), hidden_size_x=96, hidden_size_y=64, num_heads=4)
+    block = AsymmetricJointBlock(cfg, update_y=True).eval()
+    g = torch.Generator().manual_seed(3)
+    x, y, c = torch.randn(1, 10, 96, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 96, generator=g)
+    angles = torch.randn(10, 4, 12, generator=g)
+    compiled = torch.compile(block.pre_attention, dynamic=False)
+    with torch.inference_mode():
+        (q_x, k_x, v_x, *_), _, _ = compiled(x, c, y, (angles.cos(), angles.sin()), 2)
+        want, _, _ = block.pre_attention(x, c, y, (angles.cos(), angles.sin()), 2)
+    assert interleaved_blocks(q_x, k_x, v_x).data_ptr() == q_x.data_ptr()
+    for got, ref in zip((q_x, k_x, v_x), want):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_layout_validation():
     with pytest.raises(LayoutError, match="ulysses degree 5 must divide the 24"):
         Layout(1, 5, 1).validate(num_heads=24)

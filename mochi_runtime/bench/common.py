@@ -64,8 +64,9 @@ def time_cuda(fn: Callable[[], object], warmup: int, iters: int) -> tuple[float,
 def gc_pauses() -> Iterator[list[tuple[int, float]]]:
     """Python's garbage-collector passes inside the block as (generation, host ms), from gc.callbacks.
 
-    Why: a pass stops the host; on a multi-GPU group the rank whose host stops late makes every rank wait in
-    the next collective, so a pass anywhere in the group shows up in every rank's step time."""
+    Why: a pass stops the host; on a multi-GPU group a rank whose host falls behind its GPU makes every rank
+    wait in the next collective. Whether a step's time shows the passes is what the records set beside them
+    (on 4x H100 they did not, 2026-11-28: the hosts run far enough ahead)."""
     pauses: list[tuple[int, float]] = []
     started = [0.0]
 

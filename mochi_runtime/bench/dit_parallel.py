@@ -73,8 +73,8 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
                     dit.compile_blocks(tuple(opts.get("compile_parts") or dit.COMPILED_PARTS))
                 if gpu:
                     torch.cuda.reset_peak_memory_stats()
-                if opts.get("gc_freeze"):  # what a serving worker would do once warm: compiled code, caches and
-                    velocity(z, 0.7)  # weights' Python objects out of every later collector pass
+                if opts.get("gc_freeze"):  # what a serving worker could do once warm: compiled code, caches and
+                    velocity(z, 0.7)  # weights' Python objects out of every later collector pass (no gain, 2026-11-28)
                     gc.collect()
                     gc.freeze()
                 with gc_pauses() as pauses:

@@ -64,8 +64,9 @@ def interleaved_blocks(q_x: torch.Tensor, k_x: torch.Tensor, v_x: torch.Tensor) 
     slots of one contiguous buffer of that shape (the projections write them so), else a packed copy.
 
     Why one buffer: each (sample, destination) block [n, 3, H/U, D] is then one message, so a sample's Q, K and
-    V go out in one all-to-all instead of three (the exchange alone: 16.7 against 19.3 ms a step at cfg 2 x
-    ulysses 2 on 4x H200, docs/benchmarks.md), and the receiver's rows of each tensor keep one stride."""
+    V go out in one all-to-all instead of three (timed alone: 16.7 against 19.3 ms a step at cfg 2 x ulysses 2
+    on 4x H200; in the step the fastest of 5 steps is 1.4-1.8 ms shorter, less than the steps' own scatter:
+    docs/benchmarks.md), and the receiver's rows of each tensor keep one stride."""
     b, u, n, hu, d = q_x.shape
     shape = (b, u, n, 3, hu, d)
     strides = (u * n * 3 * hu * d, n * 3 * hu * d, 3 * hu * d, hu * d, d, 1)
