@@ -85,6 +85,10 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
             vel_err = float((v_par - v_ref).abs().max())
         out_q.put({"rank": rank, "fwd_err": fwd_err, "vel_err": vel_err, "hole_err": hole_err, "qkv_cats": qkv_cats,
                    "token_major_calls": used["token_major"], "host_tensors": again.host_tensors})
+        # Every rank past its last collective before any tears its group down (as the benchmarks do): a rank that
+        # destroyed its gloo group while a peer's transfer was still in flight aborted at exit once in CI
+        # (2026-11-28, "terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -131,5 +135,6 @@ def sharded_check(rank: int, world: int, layout, shard_over: str, port: int, mod
         total = sum(p.numel() for p in replicated.dit.parameters())
         out_q.put((rank, float((a - b).abs().max()), float((b - c).abs().max()),
                    local_parameter_count(sharded_dit), total))
+        dist.barrier()  # see forward_check
     finally:
         dist.destroy_process_group()
