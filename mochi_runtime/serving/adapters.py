@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import traceback
 from typing import Any
 
@@ -176,19 +177,44 @@ class ShuttingDown(RuntimeError):
     """The model is being unloaded; queued requests are answered, not dropped."""
 
 
+class SerialMetric:
+    """A custom metric whose updates never overlap with another metric update in this stub process.
+
+    Why: each update is a message from the stub to the server, and the adapters update metrics from several
+    threads (mochi_dit's lane threads finish generations side by side). Triton 2.51's python backend then
+    crashes the whole server (SIGSEGV in libtriton_python.so): two looping generations on two lanes brought it
+    down within 1-5 s in 4 of 4 runs, and with this lock not once in 60 + 150 s, the second run with 118k
+    progress polls beside them (2026-11-28; tests/test_lanes.py keeps the load). Serialised responses alone
+    did not help; the metric updates are what collide."""
+
+    _lock = threading.Lock()  # one per stub process: every adapter's metrics share it
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._metric, name)
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with SerialMetric._lock:
+                return method(*args, **kwargs)
+
+        return locked
+
+
 def histogram(pb_utils, name: str, description: str, buckets: list[float], labels: dict | None = None):
     fam = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.HISTOGRAM)
-    return fam, fam.Metric(labels=labels or {}, buckets=buckets)
+    return fam, SerialMetric(fam.Metric(labels=labels or {}, buckets=buckets))
 
 
 def counter(pb_utils, name: str, description: str, labels: dict | None = None):
     fam = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.COUNTER)
-    return fam, fam.Metric(labels=labels or {})
+    return fam, SerialMetric(fam.Metric(labels=labels or {}))
 
 
 def gauge(pb_utils, name: str, description: str, labels: dict | None = None):
     fam = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.GAUGE)
-    return fam, fam.Metric(labels=labels or {})
+    return fam, SerialMetric(fam.Metric(labels=labels or {}))
 
 
 LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
