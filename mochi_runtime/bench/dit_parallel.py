@@ -100,10 +100,9 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
             error, ms, all_ms, v, profile = f"out of memory: {str(e).splitlines()[0]}", 0.0, [], None, None
             chained_ms, pauses = 0.0, []
         peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else 0.0
-        peaks, weights_gib, gcs = [None] * layout.world, [None] * layout.world, [None] * layout.world
-        dist.all_gather_object(peaks, peak, group=groups.control)
-        dist.all_gather_object(gcs, gc_summary(pauses), group=groups.control)
-        dist.all_gather_object(weights_gib, weight_gib, group=groups.control)
+        per_rank = [None] * layout.world  # (peak GiB, weight GiB, collector passes) of every rank, one gather
+        dist.all_gather_object(per_rank, (peak, weight_gib, gc_summary(pauses)), group=groups.control)
+        peaks, weights_gib, gcs = (list(column) for column in zip(*per_rank))
         if rank == 0:
             if error is not None:
                 out_q.put({"error": error, "peak_gib": peaks, "weight_gib": weights_gib})
