@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,10 @@ class TensorSource:
 
     def num_rows(self, key: str) -> int:
         return int(self._handle(key).get_slice(key).get_shape()[0])  # type: ignore[attr-defined]
+
+    def numel(self) -> int:
+        """Elements of every tensor, read from the file headers (no tensor is loaded)."""
+        return sum(math.prod(self._handle(k).get_slice(k).get_shape()) for k in self._where)  # type: ignore
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,6 +377,10 @@ class ModelDir:
                 f"{self.root}: T5 needs text_encoder/ and tokenizer/ folders (or pass --t5-dir explicitly)"
             )
         return enc, tok
+
+    def t5_parameters(self) -> int:
+        """Parameters of the T5 encoder's checkpoint, from its file headers."""
+        return TensorSource.from_folder(self.t5_paths()[0], "model").numel()
 
 
 def iter_expected(module: torch.nn.Module) -> Iterator[str]:

@@ -56,6 +56,25 @@ class DiTMemoryModel:
     gpu: bool = True
     fp8: bool = False  # block linears in e4m3 (one byte each, plus a scale per output row)
 
+    @property
+    def dtype_name(self) -> str:
+        return "fp8" if self.fp8 else {4: "fp32", 2: "bf16"}.get(self.dtype_bytes, f"{8 * self.dtype_bytes}-bit")
+
+    def describe(self) -> str:
+        """The DiT arrangement in words that fit the layout ("fp8 DiT on one GPU", "bf16 DiT sharded over 4
+        GPUs")."""
+        if self.world == 1:
+            where = "on one GPU"
+        elif self.weights == "sharded":
+            where = f"sharded over {self.shard_ranks} GPUs"
+        else:
+            where = f"replicated on each of {self.world} GPUs"
+        return f"{self.dtype_name} DiT {where}"
+
+    @property
+    def world(self) -> int:
+        return self.cfg_degree * self.ulysses * self.ring
+
     def weight_bytes(self) -> int:
         """Weights resident on each GPU (the shard, when sharded)."""
         total, _, linear = _param_counts(self.cfg)
@@ -111,46 +130,94 @@ def choose_weights(model: DiTMemoryModel, largest: GenerationRequest, budget_byt
 class PipelinePlan:
     """How one generation fits a per-GPU budget with T5 and the VAE on the first GPU beside DiT rank 0."""
 
-    weights: str
+    dit: DiTMemoryModel  # the DiT arrangement chosen: weight mode and dtype (fp8 when only it fits)
     offload_t5: bool
     vae_plan: object  # vae_tiling.TilePlan
     peak_bytes: int  # estimated, the largest of the three phases
 
+    @property
+    def weights(self) -> str:
+        return self.dit.weights
 
-def plan_pipeline(budget_bytes: int, dit: DiTMemoryModel, request: GenerationRequest, t5_bytes: int,
-                  vae, t5_activation_bytes: int = 256 * 2**20) -> PipelinePlan:
+    def describe(self) -> str:
+        tp = self.vae_plan
+        vae = ("in whole frames" if tp.tile_h <= 0 and tp.tile_w <= 0 else
+               f"in tiles of {tp.tile_h or 'all'} x {tp.tile_w or 'all'} latent pixels")
+        return f"{self.dit.describe()}, T5 {'offloaded between encodes' if self.offload_t5 else 'resident'}, VAE {vae}"
+
+
+def plan_pipeline(budget_bytes: int, dit: DiTMemoryModel, request: GenerationRequest, t5_parameters: int,
+                  vae, t5_activation_bytes: int = 256 * 2**20, allow_fp8: bool = False) -> PipelinePlan:
     """The fastest arrangement that fits, in order of preference: replicated DiT weights with T5 resident,
-    replicated with T5 offloaded after encoding, sharded with T5 resident, sharded with T5 offloaded; the VAE
-    tiles sized from what the chosen arrangement leaves. RequestError naming the budget when none fits.
+    replicated with T5 offloaded after encoding, then (several GPUs only) sharded with T5 resident and sharded
+    with T5 offloaded; the VAE tiles sized from what the chosen arrangement leaves. T5 and the VAE count in the
+    DiT's compute dtype (bf16 for the fp8 DiT), T5 from its parameter count.
+
+    allow_fp8: when the DiT's own dtype fits no arrangement, try the fp8 DiT (block linears in one byte: half
+    the weights) before refusing. RequestError naming the budget when nothing fits; it says when fp8 would.
 
     Phases on the first GPU: encode (T5 + its activations), denoise (DiT + activations), decode (VAE tiles);
     resident weights count in every phase.
     """
+    fits, leanest = _fit(budget_bytes, dit, request, t5_parameters, vae, t5_activation_bytes)
+    if fits is not None:
+        return fits
+    hint = ""
+    if not dit.fp8:
+        fp8, fp8_leanest = _fit(budget_bytes, replace(dit, fp8=True, dtype_bytes=2), request, t5_parameters, vae,
+                                t5_activation_bytes)
+        if fp8 is not None and allow_fp8:
+            return fp8
+        if fp8 is not None:
+            hint = f"; the fp8 DiT fits ({fp8.describe()}, ~{fp8.peak_bytes / 2**30:.2f} GiB): use dtype fp8"
+        elif fp8_leanest is not None:
+            hint = f"; even the fp8 DiT needs {fp8_leanest[1] / 2**30:.2f} GiB"
+    assert leanest is not None
+    arrangement, need = leanest
+    raise RequestError(
+        "num_frames",
+        f"{request.num_frames} frames at {request.width}x{request.height} needs at least {need / 2**30:.2f} GiB on "
+        f"the first GPU ({arrangement}), over the memory budget of {budget_bytes / 2**30:.2f} GiB per GPU{hint}; "
+        f"ask for fewer frames or pixels, or use more GPUs",
+    )
+
+
+def _fit(budget_bytes: int, dit: DiTMemoryModel, request: GenerationRequest, t5_parameters: int, vae,
+         t5_activation_bytes: int) -> tuple[PipelinePlan | None, tuple[str, int] | None]:
+    """(the first arrangement of `dit` that fits, None) or (None, (the leanest arrangement, its estimated need))."""
     from .vae_tiling import estimate_bytes, plan_for_budget
 
-    vae_weights = sum(p.numel() * p.element_size() for p in vae.parameters())
+    vae_weights = sum(p.numel() for p in vae.parameters()) * dit.dtype_bytes
+    t5_bytes = t5_parameters * dit.dtype_bytes
     latent_shape = request.latent_shape
-    tried = []
-    for weights in ("replicated", "sharded"):
+    leanest: tuple[str, int] | None = None
+    # One GPU has nothing to shard over; fp8 block linears are not sharded (parallel/worker.py refuses it).
+    modes = ("replicated", "sharded") if dit.world > 1 and not dit.fp8 else ("replicated",)
+    for weights in modes:
         model = replace(dit, weights=weights)
         for offload in (False, True):
             resident = model.weight_bytes() + vae_weights + (0 if offload else t5_bytes)
             encode = resident + (t5_bytes if offload else 0) + t5_activation_bytes
             denoise = resident + model.gather_bytes() + model.activation_bytes(request)
+            words = f"{model.describe()}, T5 {'offloaded between encodes' if offload else 'resident'}, VAE in tiles"
             try:
-                vae_plan = plan_for_budget(vae, latent_shape, budget_bytes - resident)
+                vae_plan = plan_for_budget(vae, latent_shape, budget_bytes - resident, dtype_bytes=dit.dtype_bytes,
+                                           gpu=dit.gpu)
             except ValueError:
-                tried.append((weights, offload, max(encode, denoise)))
-                continue
-            decode = resident + estimate_bytes(vae, latent_shape, vae_plan)
-            peak = max(encode, denoise, decode)
-            tried.append((weights, offload, peak))
-            if peak <= budget_bytes:
-                return PipelinePlan(weights, offload, vae_plan, peak)
-    best = min(t[2] for t in tried)
-    raise RequestError(
-        "num_frames",
-        f"{request.num_frames} frames at {request.width}x{request.height} needs at least {best / 2**30:.2f} GiB on "
-        f"the first GPU (DiT sharded, T5 offloaded, VAE in tiles), over the memory budget of "
-        f"{budget_bytes / 2**30:.2f} GiB per GPU; ask for fewer frames or pixels, or use more GPUs",
-    )
+                need = max(encode, denoise)
+            else:
+                need = max(encode, denoise,
+                           resident + estimate_bytes(vae, latent_shape, vae_plan, dit.dtype_bytes, dit.gpu))
+                if need <= budget_bytes:
+                    return PipelinePlan(model, offload, vae_plan, need), None
+            if leanest is None or need < leanest[1]:
+                leanest = (words, need)
+    return None, leanest
+
+
+def cap_gpu_memory(budget_bytes: int, device: torch.device) -> None:
+    """Hold this process's allocations on `device` to the budget (torch's per-process memory fraction), so a plan
+    that underestimates fails with out-of-memory instead of quietly taking more than it was given."""
+    if device.type == "cuda" and budget_bytes > 0:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), device)

@@ -23,7 +23,7 @@ from .text_encoder import TextEmbedding, TextEncoder
 from .timing import StageTimes
 from .validation import GenerationRequest, Limits, validate
 from .vae import VAEDecoder, frames_to_uint8
-from .vae_tiling import TilePlan, decode_tiled
+from .vae_tiling import TilePlan, decode_tiled, grid_plan
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +163,11 @@ class MochiPipeline:
         md = open_model_dir(model_dir)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
+        # The DiT first: an fp8 DiT is read in bf16 and quantised in place, and that transient full-width copy
+        # must not meet T5 on the GPU (18.7 + 9.5 GiB at full size would not fit a 24 GiB card).
+        dit = None if denoiser is not None else load_dit(md, dev, dt, attention, compile, fp8=dtype == "fp8")
         te = load_text_encoder(md, dev, torch.float32 if dev.type == "cpu" else dt, t5_dir, offload_text_encoder)
-        if denoiser is None:
-            dit = load_dit(md, dev, dt, attention, compile, fp8=dtype == "fp8")
+        if dit is not None:
             check_text_width(te, dit.cfg.t5_feat_dim)
             denoiser = LocalDenoiser(dit)
         vae = load_vae(md, dev, dt)
@@ -185,7 +187,10 @@ class MochiPipeline:
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Streamed decode (exact: equals the untiled decode) -> uint8 [F, H, W, 3]; or tiles over the group."""
         if self.parallel_decode:
-            return self.denoiser.decode(latents)[0].numpy()  # type: ignore[attr-defined]
+            # one spatial tile per rank, under this pipeline's trim rule
+            plan = grid_plan(tuple(latents.shape[-2:]), self.denoiser.spec.layout.world,  # type: ignore[attr-defined]
+                             trim=self.tile_plan.trim)
+            return self.denoiser.decode(latents, plan)[0].numpy()  # type: ignore[attr-defined]
         video = decode_tiled(self.vae, latents.to(self.device), self.tile_plan)
         return frames_to_uint8(video, device="cpu")[0].numpy()
 

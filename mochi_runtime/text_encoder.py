@@ -13,6 +13,8 @@ from typing import Iterator
 
 import torch
 
+from .validation import RequestError
+
 
 @dataclass
 class TextEmbedding:
@@ -69,6 +71,14 @@ class TextEncoder:
             self.model.to("cpu")
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    def check_lengths(self, **texts: str) -> None:
+        """RequestError naming the field of a text longer than the `max_length` tokens T5 reads (the rest would
+        be cut off without a word)."""
+        for field, text in texts.items():
+            n = len(self.tokenizer(text).input_ids)
+            if n > self.max_length:
+                raise RequestError(field, f"is {n} tokens, over the {self.max_length} that T5 reads; shorten it")
 
     @property
     def feature_dim(self) -> int:

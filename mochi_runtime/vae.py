@@ -7,6 +7,14 @@ so frame t depends only on frames <= t. That is what makes exact temporal
 tiling possible (see `mochi_runtime.vae_tiling`): a conv that is fed its
 previous `kernel_t - 1` input frames as a carry computes exactly what the
 untiled decode computes.
+
+Where the causal warm-up frames go (`trim`, see `TRIM_RULES`) changes the
+video, not just its length. Genmo's decoder, the one the VAE was trained
+with, drops the first `temporal_expansion - 1` frames inside every
+up-sampling block, so each later causal conv pads by repeating the first
+*kept* frame. diffusers keeps them through the whole decoder and drops
+the first `temporal_factor - 1` output frames after it. Both give 6(T-1)+1 frames; on
+random weights the first 15-36 frames differ. Genmo's rule is the default.
 """
 from __future__ import annotations
 
@@ -15,6 +23,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import VAEConfig
+
+# "genmo": drop each up-sampling block's first temporal_expansion - 1 frames (Genmo's decoder, the default);
+# "end": keep them through the decoder, drop the first temporal_factor - 1 output frames after it (diffusers').
+TRIM_RULES = ("genmo", "end")
+DEFAULT_TRIM = "genmo"
+
+
+def check_trim(trim: str) -> str:
+    if trim not in TRIM_RULES:
+        raise ValueError(f"trim must be one of {list(TRIM_RULES)}, got {trim!r}")
+    return trim
 
 
 class FrameGroupNorm(nn.GroupNorm):
@@ -77,13 +96,16 @@ class UpsampleBlock(nn.Module):
         self.blocks = nn.Sequential(*[ResBlock(cin, groups) for _ in range(layers)])
         self.proj = nn.Linear(cin, cout * t_exp * s_exp * s_exp)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, drop_head: bool = False) -> torch.Tensor:
+        """[B, cin, t, h, w] -> [B, cout, t * t_exp, h * s_exp, w * s_exp]; with drop_head (the video's first
+        frames under Genmo's rule) the first t_exp - 1 of those frames are dropped."""
         x = self.blocks(x)
         x = self.proj(x.movedim(1, -1)).movedim(-1, 1)
         b, _, t, h, w = x.shape
         st, ss = self.t_exp, self.s_exp
         x = x.view(b, -1, st, ss, ss, t, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
-        return x.reshape(b, -1, t * st, h * ss, w * ss)
+        x = x.reshape(b, -1, t * st, h * ss, w * ss)
+        return x[:, :, st - 1:] if drop_head else x
 
 
 class VAEDecoder(nn.Module):
@@ -110,19 +132,37 @@ class VAEDecoder(nn.Module):
         std = torch.tensor(self.cfg.latents_std, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
         return z.float() * std + mean
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Decode de-normalised latents [B, 12, T, h, w] -> raw frames [B, 3, 6T, 8h, 8w] (before trimming)."""
-        assert z.ndim == 5 and z.shape[1] == self.cfg.latent_channels, f"bad latents {tuple(z.shape)}"
-        x = z.to(self.output_proj.weight.dtype)
-        for block in self.blocks:
-            x = block(x)
-        x = F.silu(x)
-        return self.output_proj(x.movedim(1, -1)).movedim(-1, 1)
+    def run_block(self, level: int, x: torch.Tensor, first: bool, trim: str) -> torch.Tensor:
+        """Decoder level `level` on x; `first`: x starts at the video's first frame (where Genmo's rule trims)."""
+        block = self.blocks[level]
+        if isinstance(block, UpsampleBlock):
+            return block(x, drop_head=first and trim == "genmo")
+        return block(x)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised DiT latents [B, 12, T, h, w] -> frames [B, 3, 6(T-1)+1, 8h, 8w] in [-1, 1] (float)."""
-        out = self(self.denormalize(latents.float()))
-        return out[:, :, self.cfg.temporal_factor - 1:]
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The last level's activations -> RGB (SiLU, then the per-voxel output projection)."""
+        return self.output_proj(F.silu(x).movedim(1, -1)).movedim(-1, 1)
+
+    def forward(self, z: torch.Tensor, trim: str = DEFAULT_TRIM) -> torch.Tensor:
+        """De-normalised latents [B, 12, T, h, w] -> frames [B, 3, F, 8h, 8w]: F = 6(T-1)+1 with trim "genmo"
+        (trimmed inside the blocks), 6T with trim "end" (the end trim is `decode`'s)."""
+        assert z.ndim == 5 and z.shape[1] == self.cfg.latent_channels, f"bad latents {tuple(z.shape)}"
+        check_trim(trim)
+        x = z.to(self.output_proj.weight.dtype)
+        for level in range(len(self.blocks)):
+            x = self.run_block(level, x, True, trim)
+        return self.head(x)
+
+    def end_frames(self, trim: str) -> int:
+        """Frames dropped at the end of the decoder under `trim` (the in-block rule drops none there)."""
+        return self.cfg.temporal_factor - 1 if check_trim(trim) == "end" else 0
+
+    def decode(self, latents: torch.Tensor, trim: str = DEFAULT_TRIM) -> torch.Tensor:
+        """Normalised DiT latents [B, 12, T, h, w] -> frames [B, 3, 6(T-1)+1, 8h, 8w] in [-1, 1] (float).
+
+        trim: "genmo" (default; Genmo's decoder) or "end" (diffusers'), see `TRIM_RULES`."""
+        out = self(self.denormalize(latents.float()), trim)
+        return out[:, :, self.end_frames(trim):]
 
 
 def frames_to_uint8(video: torch.Tensor, device: torch.device | str | None = None,

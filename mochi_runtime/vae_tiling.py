@@ -7,7 +7,9 @@ a time while each conv carries the last two input frames it saw. Each level
 splits what it receives into pieces of at most `piece_elements` activation
 elements, so the peak is bounded at every resolution (the 128-channel full-size
 levels run one frame at a time) and the result equals the untiled decode frame
-for frame, with exactly 6(T-1)+1 frames.
+for frame, with exactly 6(T-1)+1 frames, under either trim rule (`vae.TRIM_RULES`):
+Genmo's rule trims the first piece each up-sampling level sees, diffusers' the
+first frames of the output.
 
 Space is tiled only when asked for (or when the budget cannot hold one frame):
 tiles overlap by `overlap` latent pixels and are blended with linear ramps; each
@@ -24,9 +26,8 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 
-from .vae import CausalConv3d, UpsampleBlock, VAEDecoder
+from .vae import DEFAULT_TRIM, CausalConv3d, UpsampleBlock, VAEDecoder, check_trim
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,10 @@ class TilePlan:
     tile_w: int = 0
     overlap: int = 4  # blended band between neighbouring tiles
     halo: int = 2  # decoded beyond each inner tile edge, then dropped
+    trim: str = DEFAULT_TRIM  # where the causal warm-up frames are dropped (vae.TRIM_RULES)
 
     def __post_init__(self) -> None:
+        check_trim(self.trim)
         if self.piece_elements < 1:
             raise ValueError("piece_elements must be >= 1")
         if self.overlap < 0 or self.halo < 0:
@@ -90,8 +93,10 @@ WORKSPACE_BYTES = 768 * 2**20
 MAX_TILES = 64
 
 
-def estimate_bytes(vae: VAEDecoder, latent_shape: tuple[int, ...], plan: "TilePlan", dtype_bytes: int = 2) -> int:
-    """Activation + output bytes of a decode with this plan, plus conv workspace on GPU (weights not counted)."""
+def estimate_bytes(vae: VAEDecoder, latent_shape: tuple[int, ...], plan: "TilePlan", dtype_bytes: int = 2,
+                   gpu: bool | None = None) -> int:
+    """Activation + output bytes of a decode with this plan, plus conv workspace on GPU (weights not counted).
+    gpu: whether the decode runs on a GPU (None: where the decoder's weights are; planners pass a meta decoder)."""
     _, _, t, h, w = latent_shape
     s2 = vae.cfg.spatial_factor**2
     frames = vae.cfg.frames_out(t)
@@ -103,36 +108,36 @@ def estimate_bytes(vae: VAEDecoder, latent_shape: tuple[int, ...], plan: "TilePl
     piece = activation_elements_per_frame(vae, th, tw)
     out = 3 * frames * h * w * s2
     tile_out = 0 if len(tiles) == 1 else 3 * frames * th * tw * s2
-    workspace = WORKSPACE_BYTES if vae.output_proj.weight.is_cuda else 0
+    workspace = WORKSPACE_BYTES if (vae.output_proj.weight.is_cuda if gpu is None else gpu) else 0
     return (out + tile_out + carry_elements(vae, th, tw) + LIVE_TENSORS * piece) * dtype_bytes + workspace
 
 
 def plan_for_budget(vae: VAEDecoder, latent_shape: tuple[int, ...], budget_bytes: int, dtype_bytes: int = 2,
-                    overlap: int = 4, halo: int = 2) -> "TilePlan":
+                    overlap: int = 4, halo: int = 2, trim: str = DEFAULT_TRIM, gpu: bool | None = None) -> "TilePlan":
     """The fastest plan whose estimated activations and output fit `budget_bytes` (weights not counted).
 
     Exact streaming over whole frames when it fits, else the fewest spatial tiles that do.
     """
     _, _, _, h, w = latent_shape
-    whole = TilePlan(overlap=overlap, halo=halo)
-    if estimate_bytes(vae, latent_shape, whole, dtype_bytes) <= budget_bytes:
+    whole = TilePlan(overlap=overlap, halo=halo, trim=trim)
+    if estimate_bytes(vae, latent_shape, whole, dtype_bytes, gpu) <= budget_bytes:
         return whole
     for n in range(2, MAX_TILES + 1):
         try:
-            plan = grid_plan((h, w), n, overlap, halo)
+            plan = grid_plan((h, w), n, overlap, halo, trim=trim)
         except ValueError:
             continue
-        if estimate_bytes(vae, latent_shape, plan, dtype_bytes) <= budget_bytes:
+        if estimate_bytes(vae, latent_shape, plan, dtype_bytes, gpu) <= budget_bytes:
             return plan
     raise ValueError(f"a budget of {budget_bytes} bytes cannot hold this decode even in the smallest tiles")
 
 
 def grid_plan(latent_hw: tuple[int, int], tiles: int, overlap: int = 4, halo: int = 2,
-              piece_elements: int = TilePlan.piece_elements) -> TilePlan:
+              piece_elements: int = TilePlan.piece_elements, trim: str = DEFAULT_TRIM) -> TilePlan:
     """A grid of exactly `tiles` spatial tiles with the least work per tile (one per rank when spreading a decode)."""
     h, w = latent_hw
     if tiles <= 1:
-        return TilePlan(piece_elements=piece_elements, overlap=overlap, halo=halo)
+        return TilePlan(piece_elements=piece_elements, overlap=overlap, halo=halo, trim=trim)
     best: tuple[float, TilePlan] | None = None
     for gh in range(1, tiles + 1):
         if tiles % gh:
@@ -143,7 +148,7 @@ def grid_plan(latent_hw: tuple[int, int], tiles: int, overlap: int = 4, halo: in
         if (gh > 1 and th <= overlap) or (gw > 1 and tw <= overlap) or th > h or tw > w:
             continue
         plan = TilePlan(piece_elements=piece_elements, tile_h=th if gh > 1 else 0, tile_w=tw if gw > 1 else 0,
-                        overlap=overlap, halo=halo)
+                        overlap=overlap, halo=halo, trim=trim)
         cut = tiles_of(plan, h, w)
         work = max((t.yb - t.ya) * (t.xb - t.xa) for t in cut)
         if len(cut) == tiles and (best is None or work < best[0]):
@@ -176,28 +181,32 @@ def _growth(block: torch.nn.Module) -> float:
     return 1.0
 
 
-def _stream(vae: VAEDecoder, x: torch.Tensor, level: int, piece_elements: int) -> Iterator[torch.Tensor]:
+def _stream(vae: VAEDecoder, x: torch.Tensor, level: int, piece_elements: int, first: list[bool],
+            trim: str) -> Iterator[torch.Tensor]:
+    """first[level]: the next piece this level sees starts the video (Genmo's rule trims it)."""
     if level == len(vae.blocks):
-        yield vae.output_proj(F.silu(x).movedim(1, -1)).movedim(-1, 1)
+        yield vae.head(x)
         return
-    block = vae.blocks[level]
-    per_frame = x[:, :, :1].numel() * max(1.0, _growth(block))
+    per_frame = x[:, :, :1].numel() * max(1.0, _growth(vae.blocks[level]))
     step = max(1, int(piece_elements // per_frame))
     for piece in x.split(step, dim=2):
-        yield from _stream(vae, block(piece), level + 1, piece_elements)
+        out = vae.run_block(level, piece, first[level], trim)
+        first[level] = False
+        yield from _stream(vae, out, level + 1, piece_elements, first, trim)
 
 
-def decode_stream(vae: VAEDecoder, z: torch.Tensor, piece_elements: int) -> Iterator[torch.Tensor]:
-    """De-normalised latents [B, C, T, h, w] -> raw decoder output in time order, a few frames at a time (exact).
+def decode_stream(vae: VAEDecoder, z: torch.Tensor, piece_elements: int,
+                  trim: str = DEFAULT_TRIM) -> Iterator[torch.Tensor]:
+    """De-normalised latents [B, C, T, h, w] -> decoded frames in time order, a few frames at a time (exact).
 
-    The first `temporal_factor - 1` frames are dropped here (the causal decoder's warm-up), so the pieces
-    add up to exactly 6(T-1)+1 frames.
+    The causal decoder's warm-up frames are dropped by `trim`'s rule (inside the blocks, or the first
+    `temporal_factor - 1` output frames here), so the pieces add up to exactly 6(T-1)+1 frames.
     """
     assert z.ndim == 5 and z.shape[1] == vae.cfg.latent_channels, f"bad latents {tuple(z.shape)}"
-    skip = vae.cfg.temporal_factor - 1
+    skip = vae.end_frames(trim)
     x = z.to(vae.output_proj.weight.dtype)
     with streaming(vae):
-        for piece in _stream(vae, x, 0, piece_elements):
+        for piece in _stream(vae, x, 0, piece_elements, [True] * len(vae.blocks), trim):
             if skip >= piece.shape[2]:
                 skip -= piece.shape[2]
                 continue
@@ -205,7 +214,7 @@ def decode_stream(vae: VAEDecoder, z: torch.Tensor, piece_elements: int) -> Iter
             skip = 0
 
 
-def decode_frames(vae: VAEDecoder, z: torch.Tensor, piece_elements: int) -> torch.Tensor:
+def decode_frames(vae: VAEDecoder, z: torch.Tensor, piece_elements: int, trim: str = DEFAULT_TRIM) -> torch.Tensor:
     """De-normalised latents -> frames [B, 3, 6(T-1)+1, 8h, 8w], written piece by piece into one buffer."""
     b, _, t, h, w = z.shape
     s = vae.cfg.spatial_factor
@@ -213,7 +222,7 @@ def decode_frames(vae: VAEDecoder, z: torch.Tensor, piece_elements: int) -> torc
     out = torch.empty(b, vae.cfg.out_channels, frames, h * s, w * s, device=z.device,
                       dtype=vae.output_proj.weight.dtype)
     i = 0
-    for piece in decode_stream(vae, z, piece_elements):
+    for piece in decode_stream(vae, z, piece_elements, trim):
         out[:, :, i:i + piece.shape[2]] = piece
         i += piece.shape[2]
     assert i == frames, (i, frames)
@@ -242,7 +251,8 @@ def tiles_of(plan: TilePlan, h: int, w: int) -> list[Tile]:
 def decode_tile(vae: VAEDecoder, z: torch.Tensor, tile: Tile, plan: TilePlan) -> torch.Tensor:
     """De-normalised latents -> the tile's kept region [B, 3, F, 8*th, 8*tw] in the decoder's dtype (halo cropped)."""
     ys, xs = _inside_halo(tile, vae.cfg.spatial_factor)
-    return decode_frames(vae, z[:, :, :, tile.ya:tile.yb, tile.xa:tile.xb], plan.piece_elements)[..., ys, xs]
+    return decode_frames(vae, z[:, :, :, tile.ya:tile.yb, tile.xa:tile.xb], plan.piece_elements,
+                         plan.trim)[..., ys, xs]
 
 
 def _inside_halo(tile: Tile, spatial_factor: int) -> tuple[slice, slice]:
@@ -326,14 +336,14 @@ def blend_tiles(parts: Iterable[tuple[Tile, torch.Tensor]], plan: TilePlan, h: i
 def decode_tiled(vae: VAEDecoder, latents: torch.Tensor, plan: TilePlan) -> torch.Tensor:
     """Normalised DiT latents -> frames [B, 3, 6(T-1)+1, 8h, 8w] in [-1, 1], within the plan's sizes.
 
-    The result is in the decoder's dtype; without spatial tiles it equals the untiled decode, with tiles it is
-    their blend.
+    The result is in the decoder's dtype; without spatial tiles it equals the untiled decode under the plan's
+    trim rule, with tiles it is their blend.
     """
     z = vae.denormalize(latents)
     b, _, t, h, w = z.shape
     tiles = tiles_of(plan, h, w)
     if len(tiles) == 1:
-        return decode_frames(vae, z, plan.piece_elements)
+        return decode_frames(vae, z, plan.piece_elements, plan.trim)
     s = vae.cfg.spatial_factor
     frames = vae.cfg.frames_out(t)
     blend = _Blend(tiles, plan, h, w, s, (b, vae.cfg.out_channels, frames), z.device, vae.output_proj.weight.dtype)
@@ -341,7 +351,8 @@ def decode_tiled(vae: VAEDecoder, latents: torch.Tensor, plan: TilePlan) -> torc
         # Each streamed piece is blended as it comes: no tile-sized buffer of the whole video is ever held.
         ys, xs = _inside_halo(tile, s)
         f = 0
-        for piece in decode_stream(vae, z[:, :, :, tile.ya:tile.yb, tile.xa:tile.xb], plan.piece_elements):
+        for piece in decode_stream(vae, z[:, :, :, tile.ya:tile.yb, tile.xa:tile.xb], plan.piece_elements,
+                                   plan.trim):
             blend.add(tile, piece[..., ys, xs], f)
             f += piece.shape[2]
         assert f == frames, (f, frames)

@@ -15,7 +15,8 @@ def _embedded_dir(tmp_path_factory) -> None:
     # Keep tests away from the user's cache; every test process shares one embedded copy.
     if "MOCHI_EMBEDDED_DIR" not in os.environ:
         os.environ["MOCHI_EMBEDDED_DIR"] = str(tmp_path_factory.mktemp("embedded") / "tiny")
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    if "OMP_NUM_THREADS" not in os.environ:  # the margin matrix (tests/numeric_margins.py) sets it
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +42,3 @@ def text_batch(dim: int, lengths: list[int], length: int = 256, seed: int = 0):
         mask[i, :n] = True
     return feats, mask
 
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()  # a module's output may still carry autograd history
-    return float((a - b).norm() / b.norm())

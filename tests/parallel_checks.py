@@ -7,6 +7,8 @@ import torch
 import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from numerics import error, threads
+
 
 class ForwardAudit(TorchDispatchMode):
     """Counts concatenations of [B, H, S, D] tensors along S: [visual; text] Q/K/V built by copying. (The
@@ -39,7 +41,7 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
 
     from mochi_runtime.parallel.topology import join_loopback_group
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads())
     join_loopback_group(rank, world, port, gpu=False, timeout=timedelta(minutes=5))
     try:
         groups = ParallelGroups(layout)
@@ -68,21 +70,21 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
             ref = ref_dit(x.expand(2, -1, -1, -1, -1), sigma, feats, mask)
             with ForwardAudit() as cats:
                 out = par(x.expand(2, -1, -1, -1, -1), sigma, feats, mask)
-            fwd_err = float((out - ref).abs().max())
+            fwd_err = error(out, ref)
             qkv_cats = cats.four_d
             with ForwardAudit() as again:  # text groups are cached now: what every later forward does
                 par(x.expand(2, -1, -1, -1, -1), sigma, feats, mask)
             # A text mask that is not a prefix (a hole in it) takes the general path
             holes = mask.clone()
             holes[1, 4] = False
-            hole_err = float((par(x.expand(2, -1, -1, -1, -1), sigma, feats, holes)
-                              - ref_dit(x.expand(2, -1, -1, -1, -1), sigma, feats, holes)).abs().max())
+            hole_err = error(par(x.expand(2, -1, -1, -1, -1), sigma, feats, holes),
+                             ref_dit(x.expand(2, -1, -1, -1, -1), sigma, feats, holes))
             # Guided velocity (exercises CFG-parallel when cfg=2).
             from mochi_runtime.sampler import CFGVelocity
 
             v_ref = CFGVelocity(ref_dit, cond, uncond, 4.5)(x, 0.8)
             v_par = ParallelCFGVelocity(par, cond, uncond, 4.5)(x, 0.8)
-            vel_err = float((v_par - v_ref).abs().max())
+            vel_err = error(v_par, v_ref)
         out_q.put({"rank": rank, "fwd_err": fwd_err, "vel_err": vel_err, "hole_err": hole_err, "qkv_cats": qkv_cats,
                    "token_major_calls": used["token_major"], "host_tensors": again.host_tensors})
         # Every rank past its last collective before any tears its group down (as the benchmarks do): a rank that
@@ -93,10 +95,10 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
         dist.destroy_process_group()
 
 
-def local_reference(model_dir: str, request, cond, uncond, threads: int = 1):
-    """The single-process sampler in a fresh process with `threads` CPU threads (CPU reductions depend on thread count,
-    and a thread count lowered after start-up does not reach every kernel)."""
-    torch.set_num_threads(threads)
+def local_reference(model_dir: str, request, cond, uncond, n_threads: int):
+    """The single-process sampler in a fresh process with `n_threads` CPU threads (a thread count lowered after
+    start-up does not reach every kernel)."""
+    torch.set_num_threads(n_threads)
     from mochi_runtime.checkpoints import ModelDir
     from mochi_runtime.pipeline import load_dit, run_sampler
 
@@ -112,7 +114,7 @@ def sharded_check(rank: int, world: int, layout, shard_over: str, port: int, mod
     from mochi_runtime.parallel.usp import SequenceParallelDiT
     from mochi_runtime.pipeline import load_dit
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads())
     join_loopback_group(rank, world, port, gpu=False, timeout=timedelta(minutes=5))
     try:
         groups = ParallelGroups(layout)
@@ -133,8 +135,7 @@ def sharded_check(rank: int, world: int, layout, shard_over: str, port: int, mod
             b = sharded(x, sigma, feats, mask)
             c = sharded(x, sigma, feats, mask)  # a second pass re-gathers the freed blocks
         total = sum(p.numel() for p in replicated.dit.parameters())
-        out_q.put((rank, float((a - b).abs().max()), float((b - c).abs().max()),
-                   local_parameter_count(sharded_dit), total))
+        out_q.put((rank, error(b, a), float((b - c).abs().max()), local_parameter_count(sharded_dit), total))
         dist.barrier()  # see forward_check
     finally:
         dist.destroy_process_group()

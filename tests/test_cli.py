@@ -80,7 +80,7 @@ def test_cli_memory_budget_refuses_what_cannot_fit_and_plans_what_can(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert ok.returncode == 0, ok.stderr
-    assert "memory plan for 2 GiB per GPU: DiT replicated, T5 resident" in ok.stderr
+    assert "memory plan for 2 GiB per GPU: fp32 DiT on one GPU, T5 resident, VAE in whole frames" in ok.stderr
     assert probe_mp4(out)[:3] == (7, 64, 96)
 
 

@@ -170,7 +170,7 @@ def test_yes_no_parameters_read_one_way():
     assert A.flag(p, "f", default=True) and A.flag(p, "absent", default=True) and not A.flag(p, "absent")
     assert [A.switch({"k": v}, "k") for v in ("", "auto", "AUTO", "on", "off")] == [None, None, None, True, False]
     for bad in ("ture", "maybe"):  # a typo names the parameter instead of quietly meaning "off"
-        with pytest.raises(ValueError, match="'k' must be true or false"):
+        with pytest.raises(ValueError, match="'k' .*must be true or false"):
             A.flag({"k": bad}, "k")
 
 

@@ -2,6 +2,7 @@
 server, SIGTERM in the middle of a generation. Each test owns its server."""
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import threading
@@ -13,11 +14,19 @@ from tritonclient.utils import InferenceServerException
 
 from client import MochiClient
 from mochi_runtime.serving.tritonserver import processes_in_group
-from triton_helpers import SMALL, dit_workers, running_server, shm_regions, stub_pids
+from triton_helpers import SMALL, descendants, dit_workers, kill_tree, running_server, shm_regions, stub_pids
 
 
 def _alive(pids) -> list[int]:
-    return [p for p in pids if Path(f"/proc/{p}").exists()]
+    """The pids that still run (a zombie waiting for a parent that is gone has stopped running)."""
+    out = []
+    for p in pids:
+        try:
+            if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                out.append(p)
+        except (OSError, IndexError):
+            pass
+    return out
 
 
 def _wait(cond, timeout: float, poll: float = 0.2) -> bool:
@@ -35,21 +44,21 @@ def test_killed_stub_leaves_no_orphans_and_the_model_comes_back(tmp_path):
     failing every request with "Stub process is not healthy")."""
     with running_server(tmp_path) as srv, MochiClient(srv.grpc_url, "grpc") as c:
         before = c.generate("a red fox in snow", seed=5, **SMALL)
-        stubs, workers = stub_pids(), dit_workers()
+        stubs, workers = stub_pids(srv), dit_workers(srv)
         assert len(stubs) == 1 and len(workers) == 2
         os.kill(stubs[0], signal.SIGKILL)
         assert _wait(lambda: not _alive(workers), 10), f"orphaned DiT workers: {_alive(workers)}"
-        assert _wait(lambda: len(srv.stub_reloads) == 1 and len(stub_pids()) == 1 and len(dit_workers()) == 2
+        assert _wait(lambda: len(srv.stub_reloads) == 1 and len(stub_pids(srv)) == 1 and len(dit_workers(srv)) == 2
                      and c.ready(), 120), (f"mochi_dit did not come back: reloads {srv.stub_reloads}, stubs "
-                                           f"{stub_pids()}, workers {dit_workers()}\n{srv.log_tail(30)}")
+                                           f"{stub_pids(srv)}, workers {dit_workers(srv)}\n{srv.log_tail(30)}")
         assert srv.stub_reloads == [("mochi_dit", stubs[0])]
         after = c.generate("a red fox in snow", seed=5, **SMALL)
         assert after.video.tobytes() == before.video.tobytes()
-        assert not set(dit_workers()) & set(workers)
+        assert not set(dit_workers(srv)) & set(workers)
 
 
 def test_server_sigkill_leaves_no_process_and_no_shm(tmp_path):
-    with running_server(tmp_path) as srv, MochiClient(srv.grpc_url, "grpc") as c:
+    with running_server(tmp_path, max_restarts=0) as srv, MochiClient(srv.grpc_url, "grpc") as c:
         c.generate("a red fox in snow", seed=5, **SMALL)
         group = srv.group_pids()
         assert len(group) >= 6 and shm_regions(srv)  # server, 5 stubs, DiT workers; its shm regions
@@ -65,21 +74,10 @@ def test_sigterm_during_a_generation_ends_it_cleanly_and_exits_in_time(tmp_path)
     mochi_dit (the running generation stops at a step boundary with a clear error, nothing queued is dropped),
     then tritonserver shuts down in order: every model's finalize runs, the workers are joined, no process or shm
     region is left, all well inside Triton's exit timeout."""
-    import subprocess
-    import sys
-
-    from mochi_runtime.parallel.topology import free_port
-
-    ports = [free_port() for _ in range(3)]
     shm_before = set(os.listdir("/dev/shm"))
-    log = open(tmp_path / "serve.log", "wb")
-    wrapper = subprocess.Popen([sys.executable, "-m", "mochi_runtime.serving.tritonserver", "--http-port",
-                                str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
-                               stdout=log, stderr=subprocess.STDOUT)
+    wrapper, ports = _serve(tmp_path)
     try:
         url = f"127.0.0.1:{ports[1]}"
-        with MochiClient(url, "grpc") as c:
-            assert _wait(c.ready, 600), (tmp_path / "serve.log").read_text()[-3000:]
         server_pid = next(p for p in tritonserver_children(wrapper.pid))
         group = processes_in_group(server_pid)
         outcome: dict = {}
@@ -93,7 +91,8 @@ def test_sigterm_during_a_generation_ends_it_cleanly_and_exits_in_time(tmp_path)
 
         t = threading.Thread(target=long_request)
         t.start()
-        assert _wait(lambda: len(dit_workers()) == 2 and _metric_at(ports[2], "mochi_active_generations") >= 1, 30)
+        assert _wait(lambda: len(dit_workers(wrapper.pid)) == 2
+                     and _metric_at(ports[2], "mochi_active_generations") >= 1, 30)
         time.sleep(0.5)
         t0 = time.monotonic()
         wrapper.send_signal(signal.SIGTERM)
@@ -110,8 +109,53 @@ def test_sigterm_during_a_generation_ends_it_cleanly_and_exits_in_time(tmp_path)
         assert _wait(lambda: not _alive(group), 10), f"left behind: {_alive(group)}"
         assert _wait(lambda: not (set(os.listdir("/dev/shm")) - shm_before), 10)
     finally:
-        if wrapper.poll() is None:
-            wrapper.kill()
+        kill_tree(wrapper.pid)
+
+
+def _serve(tmp_path: Path):
+    """The serving entry point (`make serve`, the container's PID 1) on free ports, ready; (process, ports)."""
+    import subprocess
+    import sys
+
+    from mochi_runtime.parallel.topology import free_port
+
+    ports = [free_port() for _ in range(3)]
+    log = open(tmp_path / "serve.log", "wb")
+    wrapper = subprocess.Popen([sys.executable, "-m", "mochi_runtime.serving.tritonserver", "--http-port",
+                                str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with MochiClient(f"127.0.0.1:{ports[1]}", "grpc") as c:
+            assert _wait(c.ready, 600), (tmp_path / "serve.log").read_text()[-3000:]
+    except BaseException:
+        kill_tree(wrapper.pid)
+        raise
+    return wrapper, ports
+
+
+def test_supervisor_sigkill_takes_the_server_its_shm_and_its_work_dir_down(tmp_path):
+    """SIGKILL of the serving entry point (OOM killer, kill -9, a bare-host service manager): tritonserver runs in
+    its own session, so only the reaper the entry point started beside it (serving/reaper.py) can stop it. Within
+    10 s nothing of the run is left: no server, stub or DiT worker, no shm region of its prefix, no work dir."""
+    wrapper, ports = _serve(tmp_path)
+    try:
+        server_pid = next(p for p in tritonserver_children(wrapper.pid))
+        args = Path(f"/proc/{server_pid}/cmdline").read_bytes().decode().split("\0")
+        prefix = next(a.split("shm-region-prefix-name=")[1] for a in args if "shm-region-prefix-name=" in a)
+        work_dir = Path(next(a.split("=", 1)[1] for a in args if a.startswith("--backend-directory="))).parent
+        with MochiClient(f"127.0.0.1:{ports[1]}", "grpc") as c:
+            c.generate("a red fox in snow", seed=5, **SMALL)  # every model has run: stubs, workers, shm in use
+        procs = [pid for pid, _, _ in descendants(wrapper.pid)]
+        assert len(procs) >= 8, procs  # server, 5 stubs, 2 DiT workers (and the reaper)
+        assert glob.glob(f"/dev/shm/{prefix}*") and work_dir.is_dir()
+        os.kill(wrapper.pid, signal.SIGKILL)
+        wrapper.wait(5)
+        t0 = time.monotonic()
+        assert _wait(lambda: not _alive(procs), 10), f"left behind: {_alive(procs)}"
+        assert _wait(lambda: not glob.glob(f"/dev/shm/{prefix}*") and not work_dir.exists(),
+                     10 - (time.monotonic() - t0)), (glob.glob(f"/dev/shm/{prefix}*"), work_dir.exists())
+    finally:
+        kill_tree(wrapper.pid)
 
 
 def tritonserver_children(parent: int) -> list[int]:

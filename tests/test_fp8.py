@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import rel_l2
+from numerics import error
 
 from mochi_runtime.bench.dit import build_dit, cfg_inputs
 from mochi_runtime.fp8 import FP8, FP8_MAX, Fp8Linear, quantize_blocks_, weight_bytes
@@ -35,9 +35,9 @@ def test_fp8_linear_equals_its_dequantized_product(rows, bias):
     out = q(x)
     assert out.shape == (rows, 48) and out.dtype == torch.bfloat16
     ref = dequantized_reference(q, x)
-    assert rel_l2(out.float(), ref) < 1e-2  # bf16 output rounding only
+    assert error(out.float(), ref).rel_l2 < 1e-2  # bf16 output rounding only
     # and it approximates the bf16 linear to e4m3's precision
-    assert rel_l2(out.float(), lin(x).float()) < 0.08
+    assert error(out.float(), lin(x).float()).rel_l2 < 0.08
 
 
 def test_weights_are_e4m3_with_one_scale_per_output_channel():
@@ -47,7 +47,7 @@ def test_weights_are_e4m3_with_one_scale_per_output_channel():
     q = Fp8Linear.from_linear(lin)
     assert q.weight.dtype == FP8 and q.weight_scale.shape == (16,)
     back = q.weight.float() * q.weight_scale[:, None]
-    assert rel_l2(back[:3], lin.weight[:3].float()) < 0.05
+    assert error(back[:3], lin.weight[:3].float()).rel_l2 < 0.05
     assert q.weight.float().abs().amax(dim=1).min() == FP8_MAX  # every row uses the full e4m3 range
 
 
@@ -69,7 +69,7 @@ def test_quantized_tiny_dit_halves_weights_and_stays_close_to_bf16():
     assert not any(isinstance(m, torch.nn.Linear) for m in dit.blocks.modules())
     assert weight_bytes(dit) < 0.6 * before
     assert torch.isfinite(out).all()
-    assert rel_l2(out, ref) < 0.15
+    assert error(out, ref).rel_l2 < 0.15
 
 
 def test_generate_with_dtype_fp8_runs_end_to_end(tmp_path, official_dir):

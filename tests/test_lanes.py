@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from triton_helpers import dit_inputs, metric, running_server
+from triton_helpers import control_inputs, dit_inputs, metric, running_server
 
 from client.api import infer_inputs
 from mochi_runtime.config import get_preset
@@ -23,10 +23,9 @@ def server(tmp_path_factory):
         yield srv
 
 
-def _progress(client, gen_id: str) -> int:
-    res = client.infer("mochi_dit", infer_inputs(grpcclient, [
-        ("PROGRESS_OF", np.array([gen_id.encode()], dtype=np.object_), "BYTES"),
-        ("AFTER_STEP", np.array([0], np.int32), "INT32")]), client_timeout=30)
+def _progress(client, server, gen_id: str) -> int:
+    res = client.infer("mochi_dit", control_inputs(grpcclient, server, "PROGRESS_OF", gen_id, after_step=0),
+                       client_timeout=30)
     return int(res.as_numpy("STEP")[0])
 
 
@@ -54,22 +53,22 @@ def test_two_generations_run_at_once_and_each_can_be_watched_and_cancelled(serve
     long.start()
     c = grpcclient.InferenceServerClient(url)
     deadline = time.monotonic() + 60
-    while _progress(c, "long") < 1 and time.monotonic() < deadline:
+    while _progress(c, server, "long") < 1 and time.monotonic() < deadline:
         assert long.is_alive(), f"the long request ended early: {out.get('long')}"
     short.start()  # the first lane is busy: the second one takes it at once
     short.join(120)
     assert not short.is_alive()
-    assert _progress(c, "long") > 0 and long.is_alive(), "the short request had to wait for the long one"
+    assert _progress(c, server, "long") > 0 and long.is_alive(), "the short request had to wait for the long one"
     assert np.array_equal(out["short"], ref["reference"])  # same seed, other lane: same latents
 
-    before = _progress(c, "long")
+    before = _progress(c, server, "long")
     deadline = time.monotonic() + 30
-    while _progress(c, "long") <= before and time.monotonic() < deadline:
+    while _progress(c, server, "long") <= before and time.monotonic() < deadline:
         pass
-    assert _progress(c, "long") > before  # progress long-polls keep reaching the running generation
+    assert _progress(c, server, "long") > before  # progress long-polls keep reaching the running generation
 
-    found = c.infer("mochi_dit", infer_inputs(grpcclient, [
-        ("CANCEL", np.array([b"long"], dtype=np.object_), "BYTES")]), client_timeout=30).as_numpy("STEP")
+    found = c.infer("mochi_dit", control_inputs(grpcclient, server, "CANCEL", "long"),
+                    client_timeout=30).as_numpy("STEP")
     assert found[0] == 1
     long.join(60)
     assert not long.is_alive() and isinstance(out["long"], Exception) and "cancel" in str(out["long"]).lower()
@@ -98,7 +97,7 @@ def test_generations_finishing_side_by_side_under_progress_polls_keep_the_server
         c = grpcclient.InferenceServerClient(url)
         try:
             while not stop.is_set():
-                _progress(c, gen_id)
+                _progress(c, server, gen_id)
         except Exception as e:  # noqa: BLE001 - recorded for the assertion
             failures.append(e)
         finally:

@@ -99,7 +99,7 @@ def test_pipeline_plan_prefers_speed_and_falls_back_to_shards_then_offload():
 
     with torch.device("meta"):
         vae = VAEDecoder(get_preset("mochi-1-preview").vae).to(torch.bfloat16)
-    t5 = int(4.76e9) * 2  # T5-XXL encoder in bf16
+    t5 = int(4.76e9)  # T5-XXL encoder parameters
     four = DiTMemoryModel(FULL, 2, 2, 1, "replicated", 4)
     roomy = plan_pipeline(80 * GIB, four, _req(163), t5, vae)
     assert (roomy.weights, roomy.offload_t5, roomy.vae_plan.tile_h) == ("replicated", False, 0)
@@ -110,8 +110,35 @@ def test_pipeline_plan_prefers_speed_and_falls_back_to_shards_then_offload():
     # T5 loaded for encoding is the first GPU's largest phase at full size: 9 GiB cannot hold it.
     with pytest.raises(RequestError, match="memory budget"):
         plan_pipeline(9 * GIB, four, _req(49), t5, vae)
-    with pytest.raises(RequestError, match="memory budget"):
-        plan_pipeline(24 * GIB, DiTMemoryModel(FULL), _req(49), t5, vae)  # one 24 GB GPU: the DiT alone is 18.7
+
+
+def test_one_24gb_gpu_needs_the_fp8_dit_and_the_planner_says_so_in_words_of_one_gpu():
+    import torch
+
+    from mochi_runtime.memory import plan_pipeline
+    from mochi_runtime.vae import VAEDecoder
+
+    with torch.device("meta"):
+        vae = VAEDecoder(get_preset("mochi-1-preview").vae)
+    t5 = int(4.76e9)
+    one = DiTMemoryModel(FULL)  # bf16 on one GPU: the DiT alone is 18.7 GiB, T5 9 GiB more while encoding
+    with pytest.raises(RequestError) as e:
+        plan_pipeline(24 * GIB, one, _req(49), t5, vae)
+    msg = str(e.value)
+    assert "bf16 DiT on one GPU" in msg and "sharded" not in msg  # nothing to shard on one GPU
+    assert "the fp8 DiT fits" in msg and "use dtype fp8" in msg
+    picked = plan_pipeline(24 * GIB, one, _req(49), t5, vae, allow_fp8=True)
+    assert picked.dit.fp8 and picked.peak_bytes <= 24 * GIB and "fp8 DiT on one GPU" in picked.describe()
+    fp8 = plan_pipeline(24 * GIB, DiTMemoryModel(FULL, fp8=True), _req(49), t5, vae)
+    assert fp8 == picked
+    # the dtype's weights count: fp32 needs twice bf16's, and fp8 about half
+    fp32 = DiTMemoryModel(FULL, dtype_bytes=4)
+    assert fp32.weight_bytes() == 2 * one.weight_bytes() and fp8.dit.weight_bytes() < 0.51 * one.weight_bytes()
+    with pytest.raises(RequestError, match="fp32 DiT on one GPU"):
+        plan_pipeline(48 * GIB, fp32, _req(49), t5, vae)
+    assert plan_pipeline(48 * GIB, one, _req(163), t5, vae).dit.dtype_name == "bf16"
+    with pytest.raises(RequestError, match="even the fp8 DiT needs"):
+        plan_pipeline(16 * GIB, one, _req(49), t5, vae)
 
 
 def test_fp8_weight_estimate_matches_the_measured_fp8_dit():

@@ -1,8 +1,10 @@
 """Our modules compute diffusers' Mochi functions on the same weights (fp32)."""
 from __future__ import annotations
 
+import pytest
 import torch
-from conftest import rel_l2, text_batch
+from conftest import text_batch
+from numerics import assert_close
 
 from mochi_runtime.checkpoints import ModelDir
 from mochi_runtime.pipeline import load_dit, load_vae, run_sampler
@@ -39,6 +41,7 @@ def diffusers_vae(official_dir):
     return vae, ref
 
 
+@pytest.mark.numeric
 def test_dit_forward_matches_diffusers(official_dir, diffusers_dir):
     ours = load_dit(ModelDir.open(official_dir), CPU, torch.float32)
     ref = diffusers_transformer(diffusers_dir)
@@ -50,27 +53,31 @@ def test_dit_forward_matches_diffusers(official_dir, diffusers_dir):
         a = ours(x, sigma, feats, mask)
         b = ref(x, feats, (1 - sigma) * 1000, mask, return_dict=False)[0]
     assert a.shape == b.shape == x.shape
-    assert rel_l2(a, b) <= 1e-5, rel_l2(a, b)
-    # The padded text tokens must not matter: changing them leaves the output unchanged.
+    # Two implementations of the same forward: different op order (fused vs split Q/K/V, attention kernels).
+    assert_close(a, b, rel_l2=1e-5, max_rel=2e-5, label="forward")
+    # The padded text tokens must not matter: changing them leaves the output unchanged (they are sliced away
+    # before attention; only the pooled-text branch's masked mean sees them, and multiplies them by zero).
     feats2 = feats.clone()
     feats2[~mask] = 100.0
     with torch.no_grad():
         c = ours(x, sigma, feats2, mask)
-    assert rel_l2(c, a) <= 1e-6
+    assert_close(c, a, rel_l2=1e-6, max_rel=2e-6, label="padding")
 
 
+@pytest.mark.numeric
 def test_vae_decode_matches_diffusers(official_dir):
     vae, ref = diffusers_vae(official_dir)
     z = torch.randn(1, 12, 4, 5, 7, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        a = vae.decode(z)
+        a = vae.decode(z, trim="end")  # diffusers' trim rule (Genmo's is our default: tests/test_vae_trim.py)
         mean = torch.tensor(vae.cfg.latents_mean).view(1, 12, 1, 1, 1)
         std = torch.tensor(vae.cfg.latents_std).view(1, 12, 1, 1, 1)
         b = ref.decode(z * std + mean).sample  # diffusers' pipeline de-normalises before decode
     assert a.shape == (1, 3, 19, 40, 56) and b.shape == a.shape
-    assert float((a - b).abs().max()) <= 1e-5
+    assert_close(a, b, rel_l2=1e-5, max_rel=2e-5)
 
 
+@pytest.mark.numeric
 def test_three_step_generation_matches_diffusers_pipeline(official_dir, diffusers_dir):
     from diffusers import FlowMatchEulerDiscreteScheduler, MochiPipeline
 
@@ -95,7 +102,7 @@ def test_three_step_generation_matches_diffusers_pipeline(official_dir, diffuser
             num_frames=request.num_frames, height=request.height, width=request.width, output_type="latent",
         ).frames
     assert mine.shape == theirs.shape == request.latent_shape
-    assert float((mine - theirs).abs().max()) <= 1e-4, float((mine - theirs).abs().max())
+    assert_close(mine, theirs, rel_l2=1e-5, max_rel=4e-5)
 
 
 def test_schedule_matches_diffusers():

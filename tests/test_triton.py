@@ -161,7 +161,7 @@ def test_metrics_move_and_repeated_prompt_hits_t5_cache(server, grpc):
     steps0 = metric(server, "mochi_denoise_steps_total")
     dit0 = metric(server, "mochi_denoise_latency_seconds_count")
     waits0 = metric(server, "mochi_dit_queue_wait_seconds_count")
-    hits0 = metric(server, "nv_cache_num_hits_per_model", 'model="t5_encoder"')
+    hits0 = metric(server, "mochi_t5_cache_hits_total")
     prompt = f"a cached prompt {time.time()}"
     grpc.generate(prompt, seed=1, **SMALL)
     grpc.generate(prompt, seed=2, **SMALL)  # same prompt, other seed: T5 answered from the cache
@@ -169,7 +169,7 @@ def test_metrics_move_and_repeated_prompt_hits_t5_cache(server, grpc):
     assert metric(server, "mochi_denoise_latency_seconds_count") == dit0 + 2
     assert metric(server, "mochi_t5_latency_seconds_count") >= 1
     assert metric(server, "mochi_vae_latency_seconds_count") >= 2
-    assert metric(server, "nv_cache_num_hits_per_model", 'model="t5_encoder"') >= hits0 + 1
+    assert metric(server, "mochi_t5_cache_hits_total") >= hits0 + 1
     assert metric(server, "mochi_active_generations") == 0
     assert metric(server, "mochi_dit_queue_wait_seconds_count") == waits0 + 2  # the autoscaling signal
     assert metric(server, "mochi_dit_queued_generations") == 0
@@ -215,7 +215,7 @@ def test_killed_dit_worker_fails_the_request_then_the_group_respawns(server, grp
     before = grpc.generate("a red fox in snow", seed=5, **SMALL)
     restarts0 = metric(server, "mochi_dit_group_restarts_total")
     for round_ in range(1, 4):
-        workers = dit_workers()
+        workers = dit_workers(server)
         assert len(workers) == 2, workers
         errors: list = []
 
@@ -242,7 +242,7 @@ def test_killed_dit_worker_fails_the_request_then_the_group_respawns(server, grp
             time.sleep(0.2)
         assert metric(server, "mochi_dit_group_restarts_total") == restarts0 + round_
         assert not any(Path(f"/proc/{w}").exists() for w in workers)  # the old group is gone, no orphans
-        new_workers = dit_workers()
+        new_workers = dit_workers(server)
         assert len(new_workers) == 2 and not set(new_workers) & set(workers)
         a = grpc.generate("a red fox in snow", seed=5, **SMALL)
         assert a.video.tobytes() == before.video.tobytes(), f"round {round_}"  # the respawned group is right

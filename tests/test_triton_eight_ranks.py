@@ -16,7 +16,7 @@ def server(tmp_path_factory):
 
 
 def test_a_generation_across_eight_ranks_equals_one_process(server):
-    assert len(dit_workers()) == 8
+    assert len(dit_workers(server)) == 8
     with MochiClient(server.grpc_url, "grpc") as c:
         got = c.generate("a lighthouse at dusk", seed=3, **SMALL)
     assert got.video.shape == (13, 48, 80, 3)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import glob
+import os
+import signal
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +36,10 @@ def assert_same_video(ref: np.ndarray, got: np.ndarray) -> None:
 
 @contextmanager
 def running_server(work_dir: Path, **config) -> Iterator[TritonServer]:
+    """A tritonserver on free ports for the block. Like `make serve`, it is started again if it dies on its own
+    (Triton 2.51's python backend aborts now and then while its stubs start: ServerConfig.max_restarts)."""
     ports = [free_port() for _ in range(3)]
+    config.setdefault("max_restarts", 2)
     srv = TritonServer(ServerConfig(http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
                                     work_dir=work_dir, **config))
     srv.start()
@@ -59,17 +64,48 @@ def _proc_table() -> list[tuple[int, int, bytes]]:
     return out
 
 
-def stub_pids(model: str = "mochi_dit") -> list[int]:
-    """PIDs of a model's python-backend stub processes."""
-    return [pid for pid, _, cmd in _proc_table()
+def descendants(root: int) -> list[tuple[int, int, bytes]]:
+    """(pid, ppid, cmdline) of the live processes under `root` (not root itself): a server's own processes, never
+    those of another server on the same machine."""
+    table = _proc_table()
+    children: dict[int, list[tuple[int, int, bytes]]] = {}
+    for row in table:
+        children.setdefault(row[1], []).append(row)
+    out, todo = [], [root]
+    while todo:
+        for row in children.get(todo.pop(), []):
+            out.append(row)
+            todo.append(row[0])
+    return out
+
+
+def root_of(server: "TritonServer | int") -> int:
+    return server if isinstance(server, int) else server.proc.pid
+
+
+def stub_pids(server: "TritonServer | int", model: str = "mochi_dit") -> list[int]:
+    """PIDs of a model's python-backend stub processes under `server` (a TritonServer, or the pid of the
+    process that started tritonserver)."""
+    return [pid for pid, _, cmd in descendants(root_of(server))
             if b"triton_python_backend_stub" in cmd and f"/{model}/".encode() in cmd]
 
 
-def dit_workers() -> list[int]:
-    """PIDs of the mochi_dit stub's spawned DiT worker processes."""
-    stubs = set(stub_pids())
-    return [pid for pid, ppid, cmd in _proc_table()
+def dit_workers(server: "TritonServer | int") -> list[int]:
+    """PIDs of the mochi_dit stub's spawned DiT worker processes under `server`."""
+    stubs = set(stub_pids(server))
+    return [pid for pid, ppid, cmd in descendants(root_of(server))
             if ppid in stubs and b"multiprocessing" in cmd and b"resource_tracker" not in cmd]
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL `root` and every process under it, children first seen before the parent goes (a test's cleanup
+    that kills only a parent can leave its children serving)."""
+    pids = [pid for pid, _, _ in descendants(root)] + [root]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def metric(server: TritonServer, name: str, labels: str = "") -> float:
@@ -85,6 +121,15 @@ def metric(server: TritonServer, name: str, labels: str = "") -> float:
 
 def shm_regions(server: TritonServer) -> list[str]:
     return glob.glob(f"/dev/shm/{server.cfg.shm_prefix}*")
+
+
+def control_inputs(grpcclient, server: TritonServer, name: str, value: str, after_step: int | None = None) -> list:
+    """One of mochi_dit's control inputs with the server's control key (what mochi and mochi_stream send)."""
+    arrays = [(name, np.array([value.encode()], dtype=np.object_), "BYTES"),
+              ("CONTROL_KEY", np.array([server.cfg.control_key.encode()], dtype=np.object_), "BYTES")]
+    if after_step is not None:
+        arrays.append(("AFTER_STEP", np.array([after_step], np.int32), "INT32"))
+    return infer_inputs(grpcclient, arrays)
 
 
 def dit_inputs(grpcclient, feat_dim: int, frames: int = 7, height: int = 32, width: int = 32, steps: int = 1,

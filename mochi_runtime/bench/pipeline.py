@@ -1,11 +1,21 @@
-"""Whole-pipeline memory on N GPUs under a per-GPU budget: T5-XXL, the DiT group, the VAE decode.
+"""Whole-pipeline memory under a per-GPU budget: T5-XXL, the DiT, the VAE decode.
 
-Full-size random bf16 weights. Each rank caps its allocator at the budget
+Two modes.
+
+`--runs LAYOUT:WEIGHTS:BUDGET_GIB:FRAMES,...` (N GPUs): full-size random bf16
+weights built in place. Each rank caps its allocator at the budget
 (torch.cuda.set_per_process_memory_fraction), so "fits" means no allocation
 ever went past it. Rank 0 encodes the prompts with T5 and frees it before the
 DiT loads; the DiT runs `--steps` denoising steps in the chosen layout and
 weight mode; the VAE decode is spread over the group (one tile per GPU), or
 run on rank 0 alone with `--no-spread-vae`.
+
+`--model-dir DIR --budget-runs DTYPE:BUDGET_GIB:FRAMES,...` (one GPU): the
+`generate` command's own path on a checkpoint directory (`bench load` writes a
+full-size random one): its planner picks the arrangement for the budget (or
+refuses), the process is capped at the budget, and T5, the DiT and the VAE
+stay loaded as the command keeps them. Each case runs in a fresh process and
+records the plan, the estimate and every stage's measured peak.
 """
 from __future__ import annotations
 
@@ -103,6 +113,52 @@ def _rank_main(rank: int, opts: dict, port: int, out_q) -> None:
     dist.destroy_process_group()
 
 
+def _budget_case(argv: list[str], out_q) -> None:
+    """One generation through `generate`'s own preparation (planner, memory cap, pipeline), in this fresh process."""
+    from ..cli import build_parser, prepare_generation
+    from ..validation import RequestError
+
+    a = build_parser().parse_args(["generate", *argv])
+    row: dict = {"fits": False}
+    try:
+        run = prepare_generation(a)
+        row.update(plan=run.plan.describe(), dtype=a.dtype, estimate_gib=_gib(run.plan.peak_bytes),
+                   load_peak_gib=_gib(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else 0.0,
+                   load_s=round(run.load_s, 1))
+        res = run.pipeline.generate(run.request)
+        row.update(fits=True, stage_peak_gib=res.times.peak_gib, frames_out=int(res.frames.shape[0]),
+                   stage_s={k: round(v, 2) for k, v in res.times.items()})
+        row["peak_gib"] = max([row["load_peak_gib"], *res.times.peak_gib.values()])
+    except RequestError as e:
+        row["refused"] = str(e)
+    except torch.OutOfMemoryError as e:
+        row["error"] = f"out of memory: {str(e).splitlines()[0]}"
+    out_q.put(row)
+
+
+def budget_runs(model_dir: str, specs: str, height: int, width: int, steps: int) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    rows = []
+    for spec in specs.split(","):
+        dtype, budget, frames = spec.split(":")
+        argv = ["--model-dir", model_dir, "--prompt", "a red fox running through fresh snow", "--dtype", dtype,
+                "--gpu-memory-budget-gib", budget, "--frames", frames, "--height", str(height), "--width", str(width),
+                "--steps", str(steps), "--quiet"]
+        q = mp.get_context("spawn").Queue()
+        p = mp.get_context("spawn").Process(target=_budget_case, args=(argv, q))
+        p.start()
+        try:
+            row = q.get(timeout=900)
+        except Exception as e:  # noqa: BLE001 - a crashed case is a row, the rest still run
+            row = {"fits": False, "error": f"no result: {e}"}
+        p.join(60)
+        row = {"asked_dtype": dtype, "budget_gib": float(budget), "frames": int(frames), **row}
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def run(opts: dict) -> list[dict]:
     return run_ranks(_rank_main, Layout.parse(opts["layout"]).world, (opts, free_port()), opts["layout"])
 
@@ -115,8 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=848)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--no-spread-vae", action="store_true")
+    ap.add_argument("--model-dir", default=None, help="checkpoint for --budget-runs (bench load writes one)")
+    ap.add_argument("--budget-runs", default=None, help="comma list of DTYPE:BUDGET_GIB:FRAMES (one GPU, the "
+                                                        "generate command's planner and pipeline)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
+    if a.budget_runs:
+        if not a.model_dir:
+            raise SystemExit("--budget-runs needs --model-dir")
+        rows = budget_runs(a.model_dir, a.budget_runs, a.height, a.width, a.steps)
+        print_table(rows, ["asked_dtype", "budget_gib", "frames", "fits", "dtype", "estimate_gib", "peak_gib",
+                           "plan"])
+        write_record(a.json, "pipeline-budget", rows, None, {
+            "shape": {"height": a.height, "width": a.width, "steps": a.steps}}, subcommand="pipeline")
+        return 0
     rows = []
     for spec in a.runs.split(","):
         layout, weights, budget, frames = spec.split(":")

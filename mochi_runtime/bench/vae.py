@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpus", default="2,4", help="comma list of GPU counts to spread one decode over")
     ap.add_argument("--piece-elements", type=int, default=TilePlan.piece_elements)
     ap.add_argument("--tiles", default="4,8", help="comma list of spatial tile counts to time on one GPU")
+    ap.add_argument("--trim", default="genmo", choices=["genmo", "end"],
+                    help="where the warm-up frames are dropped; 'end' is diffusers' rule (compare with it)")
     ap.add_argument("--no-diffusers", action="store_true")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                           "peak_gib": peak, **extra})
             print(f"{frames}f {engine} x{gpus}: {s:.3f} s, peak {peak} GiB", flush=True)
 
-        plan = TilePlan(piece_elements=a.piece_elements)
+        plan = TilePlan(piece_elements=a.piece_elements, trim=a.trim)
         with torch.inference_mode():
             s, peak, out = timed(lambda: decode_tiled(vae, z, plan), a.warmup, a.iters, dev)
         add("ours streamed (exact)", 1, s, round(peak, 2), frames_out=out.shape[2])
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         group[-1]["estimate_gib"] = round(estimate_bytes(vae, z.shape, plan) / 2**30, 2)
         del out
         for n in (int(t) for t in a.tiles.split(",") if t):
-            tplan = grid_plan(tuple(z.shape[-2:]), n, piece_elements=a.piece_elements)
+            tplan = grid_plan(tuple(z.shape[-2:]), n, piece_elements=a.piece_elements, trim=a.trim)
             with torch.inference_mode():
                 s, peak, out = timed(lambda: decode_tiled(vae, z, tplan), a.warmup, a.iters, dev)
             add(f"ours tiled ({n} tiles)", 1, s, round(peak, 2), frames_out=out.shape[2],
@@ -179,6 +181,6 @@ def main(argv: list[str] | None = None) -> int:
     baseline = [r for r in rows if r["engine"].startswith("diffusers")] or None
     write_record(a.json, "vae", rows, baseline, {
         "shape": {"frames": a.frames, "height": a.height, "width": a.width, "preset": a.preset},
-        "piece_elements": a.piece_elements, "diffusers_encoder": "dropped (decode never uses it)",
+        "piece_elements": a.piece_elements, "trim": a.trim, "diffusers_encoder": "dropped (decode never uses it)",
     }, subcommand="vae")
     return 0

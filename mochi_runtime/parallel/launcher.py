@@ -76,16 +76,27 @@ class WorkerGroup:
             if self._conn.poll(POLL_S):
                 try:
                     msg = self._conn.recv()
-                except (EOFError, OSError) as e:
-                    self._broken(f"control channel closed: {e}")
-                if msg[0] == "fatal":
-                    self._broken(f"a worker failed:\n{msg[1]}")
+                except (EOFError, OSError):  # rank 0 is gone: say which worker died, as the poll below would
+                    self._broken(self._exits(wait_s=1.0) or "rank 0's control channel closed")
+                if msg[0] == "fatal":  # the traceback goes to the log; the error names the exception only
+                    log.error("a DiT worker failed:\n%s", msg[1])
+                    self._broken(f"a worker failed: {msg[1].strip().splitlines()[-1]}")
                 return msg
-            dead = [p for p in self.procs if not p.is_alive()]
+            dead = self._exits()
             if dead:
-                self._broken(", ".join(f"{p.name} (pid {p.pid}) exited with {p.exitcode}" for p in dead))
+                self._broken(dead)
             if deadline is not None and time.monotonic() > deadline:
                 self._broken("timed out waiting for the worker group")
+
+    def _exits(self, wait_s: float = 0.0) -> str:
+        """'mochi-dit-worker-N (pid P) exited with C' for each dead worker ('' while all run), waiting up to
+        wait_s for a death to show."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            dead = [p for p in self.procs if not p.is_alive()]
+            if dead or time.monotonic() >= deadline:
+                return ", ".join(f"{p.name} (pid {p.pid}) exited with {p.exitcode}" for p in dead)
+            time.sleep(0.05)
 
     def _broken(self, why: str):
         self.close(timeout=5)

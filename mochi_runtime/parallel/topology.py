@@ -66,6 +66,24 @@ class Layout:
     def describe(self) -> str:
         return f"cfg{self.cfg} x ulysses{self.ulysses} x ring{self.ring} (world {self.world})"
 
+    @classmethod
+    def for_world(cls, world: int, cfg: int | None = None, ulysses: int | None = None, ring: int | None = None,
+                  num_heads: int | None = None) -> "Layout":
+        """The layout of `world` ranks, any degree left as None filled in: ring 1; cfg 2 when the world is even
+        (the two guidance branches side by side: the cheapest split), else 1; Ulysses takes the ranks left.
+        LayoutError when the degrees given do not multiply to the world."""
+        ring = ring or 1
+        if cfg is None:
+            cfg = 2 if world % 2 == 0 and world // 2 % ring == 0 else 1
+        if ulysses is None:
+            if world % (cfg * ring):
+                raise LayoutError(f"{world} ranks do not split into cfg {cfg} x ring {ring}")
+            ulysses = world // (cfg * ring)
+        layout = cls(cfg, ulysses, ring).validate(num_heads=num_heads)
+        if layout.world != world:
+            raise LayoutError(f"{layout.describe()} needs {layout.world} ranks, {world} given")
+        return layout
+
 
 def _groups_of(all_ranks: list[list[int]], rank: int, backend: str | None, timeout: timedelta):
     mine = None

@@ -16,7 +16,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..__main__ import add_generation_args, request_from_args
+from ..cli import add_generation_args, request_from_args
 from ..validation import Limits, validate
 from .topology import Layout
 from .worker import GroupSpec, Task, broadcast_task, build_model, run_task

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import traceback
 from typing import Any
 
 import numpy as np
 
-from ..validation import GenerationRequest, Limits, RequestError
+from ..validation import GenerationRequest, Limits, RequestError, validate
 
 log = logging.getLogger("mochi.triton")
 
@@ -34,8 +35,54 @@ def param_env_name(model: str, key: str) -> str:
     return f"MOCHI_{model}_{key}".upper()
 
 
-def model_params(args: dict, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """config.pbtxt `parameters` as {key: string_value}; MOCHI_<MODEL>_<KEY> in the environment overrides a key.
+class Params(dict):
+    """A model's config parameters ({key: string}) with one typed reader for every adapter: `p.int("max_queue",
+    8)`, `p.float`, `p.text`, `p.flag`, `p.switch`. Empty means the default; a value that does not parse fails
+    the model's load with an error naming the key and the environment variable that would set it."""
+
+    def __init__(self, values: dict[str, str], model: str = "") -> None:
+        super().__init__(values)
+        self.model = model
+
+    def _bad(self, key: str, rule: str) -> ValueError:
+        return ValueError(f"parameter {key!r} of {self.model or 'this model'} ({param_env_name(self.model, key)}) "
+                          f"{rule}, got {self.get(key)!r}")
+
+    def text(self, key: str, default: str = "") -> str:
+        return (self.get(key) or "").strip() or default
+
+    def int(self, key: str, default: int) -> int:
+        value = self.text(key)
+        try:
+            return default if not value else int(value)
+        except ValueError:
+            raise self._bad(key, "must be an integer") from None
+
+    def float(self, key: str, default: float) -> float:
+        value = self.text(key)
+        try:
+            return default if not value else float(value)
+        except ValueError:
+            raise self._bad(key, "must be a number") from None
+
+    def switch(self, key: str) -> bool | None:
+        """On, off, or left to the runtime ("auto" or empty -> None)."""
+        value = self.text(key, "auto").lower()
+        if value == "auto":
+            return None
+        if value not in _ON_OFF:
+            raise self._bad(key, "must be true or false (or auto)")
+        return _ON_OFF[value]
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        """A yes/no parameter (true/false, on/off, yes/no, 1/0, any case); absent or empty takes the default.
+        Anything else is refused: a typo must not silently turn a mode off."""
+        value = self.switch(key)
+        return default if value is None else value
+
+
+def model_params(args: dict, environ: dict[str, str] | None = None) -> Params:
+    """config.pbtxt `parameters`; MOCHI_<MODEL>_<KEY> in the environment overrides a key.
 
     One image serves every deployment shape: compose files and Kubernetes manifests set GPU sets, layouts and
     budgets through the environment instead of editing the model repository. Only keys the config declares
@@ -50,7 +97,7 @@ def model_params(args: dict, environ: dict[str, str] | None = None) -> dict[str,
         if value is not None:
             params[key] = value
     _log_runtime(model)
-    return params
+    return Params(params, model)
 
 
 def _log_runtime(model: str) -> None:
@@ -68,20 +115,11 @@ _ON_OFF = {"true": True, "on": True, "1": True, "yes": True, "false": False, "of
 
 
 def flag(params: dict[str, str], key: str, default: bool = False) -> bool:
-    """A yes/no config parameter (true/false, on/off, yes/no, 1/0, any case); absent or empty takes the default.
-    Anything else is refused: a typo must not silently turn a mode off."""
-    value = switch(params, key)
-    return default if value is None else value
+    return Params(params).flag(key, default)
 
 
 def switch(params: dict[str, str], key: str) -> bool | None:
-    """A config parameter that is on, off or left to the runtime ("auto" or empty -> None)."""
-    value = (params.get(key) or "auto").strip().lower()
-    if value == "auto":
-        return None
-    if value not in _ON_OFF:
-        raise ValueError(f"parameter {key!r} must be true or false (or auto), got {params.get(key)!r}")
-    return _ON_OFF[value]
+    return Params(params).switch(key)
 
 
 def model_dir(params: dict[str, str]) -> str | None:
@@ -90,26 +128,19 @@ def model_dir(params: dict[str, str]) -> str | None:
 
 
 def limits_from(params: dict[str, str]) -> Limits:
-    d = Limits()
-    return Limits(
-        max_frames=int(params.get("max_frames") or d.max_frames),
-        max_pixels=int(params.get("max_pixels") or d.max_pixels),
-        max_steps=int(params.get("max_steps") or d.max_steps),
-        max_prompt_bytes=int(params.get("max_prompt_bytes") or d.max_prompt_bytes),
-    )
+    p, d = Params(params, getattr(params, "model", "")), Limits()
+    return Limits(max_frames=p.int("max_frames", d.max_frames), max_pixels=p.int("max_pixels", d.max_pixels),
+                  max_steps=p.int("max_steps", d.max_steps),
+                  max_prompt_bytes=p.int("max_prompt_bytes", d.max_prompt_bytes))
 
 
 def defaults_from(params: dict[str, str]) -> GenerationRequest:
-    d = GenerationRequest(prompt="")
+    p, d = Params(params, getattr(params, "model", "")), GenerationRequest(prompt="")
     return GenerationRequest(
-        prompt="", negative_prompt="",
-        num_frames=int(params.get("default_num_frames") or d.num_frames),
-        height=int(params.get("default_height") or d.height),
-        width=int(params.get("default_width") or d.width),
-        steps=int(params.get("default_steps") or d.steps),
-        guidance=float(params.get("default_guidance") or d.guidance),
-        seed=int(params.get("default_seed") or d.seed),
-    )
+        prompt="", negative_prompt="", num_frames=p.int("default_num_frames", d.num_frames),
+        height=p.int("default_height", d.height), width=p.int("default_width", d.width),
+        steps=p.int("default_steps", d.steps), guidance=p.float("default_guidance", d.guidance),
+        seed=p.int("default_seed", d.seed))
 
 
 def input_array(pb_utils, request, name: str) -> np.ndarray | None:
@@ -151,18 +182,78 @@ def text_inputs(pb_utils, request) -> tuple[Any, Any]:
     return prompt, b"" if negative is None else negative
 
 
-def error_response(pb_utils, exc: BaseException):
-    """Per-request error: INVALID_ARG naming the field for bad input, CANCELLED, else INTERNAL."""
-    from ..parallel.worker import Cancelled
+def generation_request(pb_utils, request, defaults: GenerationRequest, limits: Limits) -> GenerationRequest:
+    """A client-facing request's inputs as a validated GenerationRequest (RequestError naming the field)."""
+    prompt, negative = text_inputs(pb_utils, request)
+    return validate(GenerationRequest(prompt, negative, **knobs(pb_utils, request, defaults)), limits)
 
+
+# Triton 2.51's python backend hands a BLS caller every error with status INTERNAL, whatever its code: the models
+# that orchestrator.py calls over BLS end their error messages with the status (" [UNAVAILABLE]"), which
+# raise_if_error reads back and strips, so the client-facing model answers with the right code.
+STATUS_TAG = re.compile(r" \[(INVALID_ARG|UNAVAILABLE|CANCELLED|INTERNAL|NOT_FOUND|UNSUPPORTED)\]$")
+_STATUS_NAMES = ("INVALID_ARG", "UNAVAILABLE", "CANCELLED", "INTERNAL", "NOT_FOUND", "UNSUPPORTED")
+
+
+def error_response(pb_utils, exc: BaseException, tag_status: bool = False):
+    """Per-request error with a status code a client can act on: INVALID_ARG naming the field for bad input,
+    CANCELLED, UNAVAILABLE for what a retry may get past (queue full, timeout, shutdown, a DiT group or model
+    that died), the composing model's own code for its errors, else INTERNAL. The message is one line: a
+    traceback goes to the server's log, never to the client. tag_status: end the message with the status (the
+    models orchestrator.py calls over BLS, see STATUS_TAG)."""
+    from ..parallel import Cancelled, WorkerGroupError  # here, not above: the package imports torch; this module not
+
+    E = pb_utils.TritonError
     if isinstance(exc, RequestError):
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
-    if isinstance(exc, Cancelled):
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError("request cancelled", pb_utils.TritonError.CANCELLED))
-    if isinstance(exc, (QueueFull, RequestTimeout, ShuttingDown)):
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.UNAVAILABLE))
-    log.error("request failed: %s", "".join(traceback.format_exception(exc)))
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
+        code, msg = E.INVALID_ARG, str(exc)
+    elif isinstance(exc, Cancelled):
+        code, msg = E.CANCELLED, f"request cancelled: {exc}" if str(exc) else "request cancelled"
+    elif isinstance(exc, UpstreamError):
+        code, msg = exc.code, str(exc)
+    elif isinstance(exc, (QueueFull, RequestTimeout, ShuttingDown, Unavailable, WorkerGroupError)):
+        code, msg = E.UNAVAILABLE, str(exc)
+    else:
+        log.error("request failed: %s", "".join(traceback.format_exception(exc)))
+        code, msg = E.INTERNAL, f"internal error ({type(exc).__name__}): {short(exc)}"
+    msg = one_line(msg)
+    if tag_status:
+        msg += next((f" [{n}]" for n in _STATUS_NAMES if getattr(E, n) == code), "")
+    return pb_utils.InferenceResponse(error=E(msg, code))
+
+
+def one_line(text: str, limit: int = 600) -> str:
+    """A message as a client should see it: the first line (a traceback's text never leaves the server)."""
+    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    if first.startswith("Traceback"):
+        first = lines[-1]
+    return first[:limit]
+
+
+def short(exc: BaseException) -> str:
+    return one_line(str(exc)) or type(exc).__name__
+
+
+def raise_if_error(pb_utils, response, model: str) -> None:
+    """A BLS response's error as an exception that keeps the composing model's status code."""
+    if response.has_error():
+        err = response.error()
+        message = one_line(err.message())
+        tagged = STATUS_TAG.search(message)
+        code = getattr(pb_utils.TritonError, tagged.group(1)) if tagged else err.code()
+        raise UpstreamError(code, f"{model}: {STATUS_TAG.sub('', message)}")
+
+
+def control_key() -> str:
+    """The key that the server's own control inputs (mochi_dit's DRAIN, CANCEL, PROGRESS_OF, HEALTH) must carry.
+
+    The supervisor (serving/tritonserver.py) draws a random one per run and hands it to tritonserver's
+    environment, so every stub has it and no client does. Empty when tritonserver runs without the supervisor:
+    DRAIN is then refused to everyone, and generations are cancelled and watched by their unguessable ids."""
+    return os.environ.get(CONTROL_KEY_ENV, "")
+
+
+CONTROL_KEY_ENV = "MOCHI_CONTROL_KEY"
 
 
 class QueueFull(RuntimeError):
@@ -175,6 +266,18 @@ class RequestTimeout(RuntimeError):
 
 class ShuttingDown(RuntimeError):
     """The model is being unloaded; queued requests are answered, not dropped."""
+
+
+class Unavailable(RuntimeError):
+    """Something the request needed went away (a composing model died); a retry may succeed."""
+
+
+class UpstreamError(RuntimeError):
+    """A composing model's error, with its Triton status code (raise_if_error)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class SerialMetric:

@@ -274,6 +274,13 @@ class DiTEngine:
         finally:
             self._forget(job)
 
+    def healthy_lanes(self) -> int:
+        """Groups that can take a generation: running, or respawned after their last failure. A group whose
+        respawn failed counts as down until a later respawn works; a drained engine has none."""
+        if self._closing.is_set():
+            return 0
+        return sum(1 for lane in self.lanes if lane.restart_error is None)
+
     def drain(self) -> int:
         """Stop taking work: queued requests get ShuttingDown, the running one stops at its next step boundary
         (and gets ShuttingDown too). Returns how many queued requests were answered."""

@@ -17,6 +17,7 @@ import glob
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,9 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .adapters import CONTROL_KEY_ENV
+from .reaper import processes_in_group, remove_shm, signal_group
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NGC_SERVER = Path("/opt/tritonserver")
@@ -51,11 +55,28 @@ class ServerConfig:
     metrics_port: int = 8002
     model_dir: str | None = None  # checkpoint directory for all models (None: embedded tiny default)
     work_dir: Path | None = None  # backend dir, logs; a temp dir when None
-    cache_bytes: int = 64 * 2**20  # response cache (t5_encoder)
     log_verbose: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     shm_prefix: str = field(default_factory=lambda: f"mochi_{uuid.uuid4().hex[:8]}_")
+    # The operator's key for Triton's model-repository, trace and logging APIs (sent as the `mochi-admin-key`
+    # header): $MOCHI_ADMIN_KEY, else one drawn per run that only the supervisor knows (the APIs stay shut).
+    admin_key: str = field(default_factory=lambda: os.environ.get("MOCHI_ADMIN_KEY") or secrets.token_hex(16))
+    # The key of the server's own control inputs (mochi_dit's DRAIN, HEALTH, CANCEL, PROGRESS_OF), handed to the
+    # stubs through tritonserver's environment and never to clients (serving/adapters.control_key).
+    control_key: str = field(default_factory=lambda: secrets.token_hex(16))
+    # Start tritonserver again when it dies on its own (not stopped by us): Triton 2.51's python backend can
+    # abort the whole server (boost::interprocess::lock_exception, SIGABRT) when a stub dies holding its shared
+    # health mutex, and, rarely, while stubs start (triton-inference-server/server#8882). At most this many
+    # restarts in RESTART_WINDOW_S; then the supervisor gives up and exits with the server's status.
+    max_restarts: int = 0
+
+
+ADMIN_HEADER = "mochi-admin-key"
+HEALTH_POLL_S = 5.0  # how often the supervisor asks mochi_dit whether a worker group can generate
+RETRY_LOAD_S = 10.0  # a model whose load failed is tried again after this
+RESTART_WINDOW_S = 600.0
+RESTRICTED_APIS = "model-repository,trace,logging"  # what changes the server's state; inference stays open
 
 
 def _pytriton_root() -> Path | None:
@@ -114,6 +135,7 @@ def server_env(root: Path, cfg: ServerConfig) -> dict[str, str]:
     if cfg.model_dir:
         env["MOCHI_MODEL_DIR"] = str(cfg.model_dir)
     env.update(cfg.extra_env)
+    env[CONTROL_KEY_ENV] = cfg.control_key
     return env
 
 
@@ -126,15 +148,14 @@ def server_command(binary: Path, root: Path, backends: Path, cfg: ServerConfig) 
         f"--grpc-address={cfg.host}", f"--grpc-port={cfg.grpc_port}",
         f"--metrics-address={cfg.host}", f"--metrics-port={cfg.metrics_port}",
         "--allow-metrics=true",
+        f"--http-restricted-api={RESTRICTED_APIS}:{ADMIN_HEADER}={cfg.admin_key}",
+        f"--grpc-restricted-protocol={RESTRICTED_APIS}:{ADMIN_HEADER}={cfg.admin_key}",
         f"--backend-config=python,shm-region-prefix-name={cfg.shm_prefix}",
         f"--log-verbose={cfg.log_verbose}",
         "--disable-auto-complete-config",
         # Explicit control (every model loaded at start) lets the supervisor reload a model whose stub died.
         "--model-control-mode=explicit", "--load-model=*",
     ]
-    caches = root / "caches"
-    if (caches / "local").is_dir() and cfg.cache_bytes > 0:
-        cmd += [f"--cache-directory={caches}", f"--cache-config=local,size={cfg.cache_bytes}"]
     if not _has_gpu():
         cmd += ["--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0", "--allow-gpu-metrics=false"]
     return cmd + cfg.extra_args
@@ -155,19 +176,6 @@ def check_stub_numpy(version: str | None = None) -> None:
     if int(version.split(".")[0]) >= 2:
         raise ServerError(f"numpy {version} in {sys.prefix}: the Triton 2.51 python stub needs numpy < 2 "
                           f"(pip install 'numpy<2' into the environment that serves, or serve from one that has it)")
-
-
-def processes_in_group(pgid: int) -> list[int]:
-    """Live (non-zombie) pids whose process group is `pgid`, from /proc."""
-    pids = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            pids.append(int(stat.split("/")[2]))
-    return pids
 
 
 def _has_gpu() -> bool:
@@ -202,20 +210,49 @@ class TritonServer:
 
     def start(self, foreground: bool = False) -> "TritonServer":
         check_stub_numpy()
-        cmd = server_command(self.binary, self.root, self.backends, self.cfg)
-        env = server_env(self.root, self.cfg)
-        out = None if foreground else open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                     start_new_session=True)
+        self._foreground = foreground
         self._stopping = threading.Event()
+        self._ended = threading.Event()  # set when the server is down for good (stopped, or no restart left)
         self.stub_reloads: list[tuple[str, int]] = []
-        self._known: dict[str, set[int]] = {}  # model -> stub pids seen alive (see _supervise_stubs)
+        self.restarts: list[tuple[float, int]] = []  # (when, the exit status that caused it)
         self._known_lock = threading.Lock()
+        self._launch()
         self._watcher = threading.Thread(target=self._watch, name="tritonserver-watch", daemon=True)
         self._watcher.start()
         self._supervisor = threading.Thread(target=self._supervise_stubs, name="tritonserver-stubs", daemon=True)
         self._supervisor.start()
         return self
+
+    def _launch(self) -> None:
+        cmd = server_command(self.binary, self.root, self.backends, self.cfg)
+        out = None if self._foreground else open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, env=server_env(self.root, self.cfg), stdout=out,
+                                     stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        self._reaper = self._start_reaper()
+        with self._known_lock:
+            self._known: dict[str, set[int]] = {}  # model -> stub pids seen alive (see _supervise_stubs)
+            self._down: dict[str, float] = {}  # model -> when a (re)load of it last failed
+
+    def _start_reaper(self) -> subprocess.Popen:
+        """The process that takes the server down if this one dies without stopping it (serving/reaper.py)."""
+        assert self.proc is not None
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(Path(__file__).resolve().parents[2])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+        return subprocess.Popen([sys.executable, "-m", "mochi_runtime.serving.reaper", str(self.proc.pid),
+                                 self.cfg.shm_prefix, self._tmp or ""], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, env=env, start_new_session=True)
+
+    def _release_reaper(self) -> None:
+        """We stopped the server ourselves: the reaper exits without touching anything."""
+        reaper = getattr(self, "_reaper", None)
+        if reaper is None or reaper.stdin is None or reaper.stdin.closed:
+            return
+        try:
+            reaper.stdin.write(b"x")
+            reaper.stdin.close()
+            reaper.wait(5)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            pass
 
     def stub_pids(self) -> dict[str, set[int]]:
         """Python-backend stub processes of this server, by model name."""
@@ -233,8 +270,17 @@ class TritonServer:
         return out
 
     def _supervise_stubs(self, poll_s: float = 1.0) -> None:
-        """A model whose stub died (SIGKILL, OOM killer) is unloaded and loaded again: Triton's python backend
-        would keep the instance marked ready while failing every request with "Stub process is not healthy"."""
+        """Keep every model able to serve.
+
+        - A model whose stub died (SIGKILL, OOM killer) is unloaded and loaded again: Triton's python backend
+          would keep the instance marked ready while failing every request with "Stub process is not healthy".
+          A stub that an operator's unload ended is told apart by the model's state in the repository index
+          (no longer READY) and left unloaded.
+        - mochi_dit is asked for its health (HEALTH, keyed): when none of its worker groups can generate (a
+          respawn failed: weights gone, GPU lost), it is unloaded and loaded again until a load works; while
+          it is down the model, and with it /v2/health/ready, reports not ready.
+        """
+        last_health = 0.0
         while not self._stopping.wait(poll_s):
             if self.proc is None or self.proc.poll() is not None:
                 return
@@ -245,18 +291,44 @@ class TritonServer:
             current = self._note_stubs()
             with self._known_lock:
                 known = {m: set(p) for m, p in self._known.items()}
+            states = None
             for model, pids in known.items():
                 dead = pids - current.get(model, set())
                 if not dead or self._stopping.is_set():
                     continue
+                states = states if states is not None else self.model_states()
+                if states.get(model) != "READY":  # an operator's unload ended the stub, not a crash
+                    log.warning("model %s: unloaded (state %s); not reloading it", model, states.get(model))
+                    with self._known_lock:
+                        self._known.pop(model, None)
+                    continue
                 log.warning("model %s: stub process %s died; reloading the model", model, sorted(dead))
-                t0 = time.monotonic()
-                ok = self._repository_call(model, "unload") and self._repository_call(model, "load")
-                log.warning("model %s: reload %s after %.1f s", model, "done" if ok else "FAILED",
-                            time.monotonic() - t0)
+                self._reload(model)
                 self.stub_reloads.extend((model, p) for p in sorted(dead))
-                with self._known_lock:
-                    self._known[model] = self.stub_pids().get(model, set())
+            now = time.monotonic()
+            if "mochi_dit" in known and "mochi_dit" not in self._down and now - last_health > HEALTH_POLL_S:
+                last_health = now
+                if self.dit_health() == 0 and not self._stopping.is_set():
+                    log.warning("model mochi_dit: no worker group can generate; reloading the model")
+                    self._reload("mochi_dit")
+            for model, since in list(self._down.items()):  # loads that failed: again every RETRY_LOAD_S
+                if now - since > RETRY_LOAD_S and not self._stopping.is_set():
+                    self._reload(model, unload=False)
+
+    def _reload(self, model: str, unload: bool = True) -> bool:
+        """Unload and load `model`; a load that fails leaves it not ready (so is the server, with strict
+        readiness) and is tried again every RETRY_LOAD_S."""
+        t0 = time.monotonic()
+        ok = (not unload or self._repository_call(model, "unload")) and self._repository_call(model, "load")
+        log.warning("model %s: %s %s after %.1f s", model, "reload" if unload else "load", "done" if ok else "FAILED",
+                    time.monotonic() - t0)
+        if ok:
+            self._down.pop(model, None)
+        else:
+            self._down[model] = time.monotonic()
+        with self._known_lock:
+            self._known[model] = self.stub_pids().get(model, set())
+        return ok
 
     def _note_stubs(self) -> dict[str, set[int]]:
         """Add the live stubs to those the supervisor watches; returns the live ones. Called by the supervisor's
@@ -267,36 +339,84 @@ class TritonServer:
                 self._known.setdefault(model, set()).update(pids)
         return current
 
+    def _post(self, path: str, body: dict, timeout: float, admin: bool = False) -> dict:
+        headers = {"Content-Type": "application/json", **({ADMIN_HEADER: self.cfg.admin_key} if admin else {})}
+        req = urllib.request.Request(f"http://{self.http_url}{path}", data=json.dumps(body).encode(), method="POST",
+                                     headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            text = r.read().decode() or "null"
+        return json.loads(text)
+
+    def _control(self, name: str, value: str = "1") -> list[int]:
+        """One of mochi_dit's control inputs, with the server's control key; its STEP output."""
+        body = {"inputs": [{"name": name, "shape": [1], "datatype": "BYTES", "data": [value]},
+                           {"name": "CONTROL_KEY", "shape": [1], "datatype": "BYTES", "data": [self.cfg.control_key]}],
+                "outputs": [{"name": "STEP"}]}
+        out = self._post("/v2/models/mochi_dit/infer", body, timeout=10)
+        return next(o["data"] for o in out["outputs"] if o["name"] == "STEP")
+
+    def dit_health(self) -> int | None:
+        """mochi_dit's worker groups that can generate, None when it does not answer (loading, or not loaded)."""
+        try:
+            return int(self._control("HEALTH")[0])
+        except Exception:
+            return None
+
     def drain(self, model: str = "mochi_dit") -> bool:
         """Ask the DiT model to stop its work before SIGTERM: Triton waits for in-flight requests only up to its
         exit timeout and then exits without unloading models; a drained model ends them at a step boundary so
         shutdown is clean (every model's finalize runs, workers joined)."""
-        body = json.dumps({"inputs": [{"name": "DRAIN", "shape": [1], "datatype": "BYTES", "data": ["1"]}]})
-        url = f"http://{self.http_url}/v2/models/{model}/infer"
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, data=body.encode(), method="POST",
-                                                               headers={"Content-Type": "application/json"}),
-                                        timeout=10) as r:
-                return r.status == 200
+            self._control("DRAIN")
+            return True
         except Exception as e:
             log.info("drain of %s skipped: %s", model, e)
             return False
 
-    def _repository_call(self, model: str, action: str) -> bool:
-        url = f"http://{self.http_url}/v2/repository/models/{model}/{action}"
+    def model_states(self) -> dict[str, str]:
+        """Model name -> its state in Triton's repository index (READY, UNAVAILABLE, LOADING, UNLOADING)."""
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=900) as r:
-                return r.status == 200
+            return {m["name"]: m.get("state", "") for m in self._post("/v2/repository/index", {}, 10, admin=True)}
+        except Exception as e:
+            log.error("repository index failed: %s", e)
+            return {}
+
+    def _repository_call(self, model: str, action: str) -> bool:
+        try:
+            self._post(f"/v2/repository/models/{model}/{action}", {}, timeout=900, admin=True)
+            return True
         except Exception as e:
             log.error("model %s: %s failed: %s", model, action, e)
             return False
 
     def _watch(self) -> None:
-        """However the server ends (stop, crash, kill -9), take its stubs and workers and shm regions with it."""
+        """However the server ends (stop, crash, kill -9), take its stubs and workers and shm regions with it;
+        start it again when it died on its own and restarts are allowed (ServerConfig.max_restarts)."""
+        while True:
+            assert self.proc is not None
+            rc = self.proc.wait()
+            self.kill_group()
+            self.cleanup_shm()
+            self._release_reaper()
+            now = time.monotonic()
+            recent = [t for t, _ in self.restarts if now - t < RESTART_WINDOW_S]
+            if self._stopping.is_set() or len(recent) >= self.cfg.max_restarts:
+                self._ended.set()
+                return
+            log.error("tritonserver exited with %s on its own; starting it again (%d of %d in %.0f s)", rc,
+                      len(recent) + 1, self.cfg.max_restarts, RESTART_WINDOW_S)
+            self.restarts.append((now, rc))
+            time.sleep(1.0)
+            if self._stopping.is_set():
+                self._ended.set()
+                return
+            self._launch()
+
+    def wait(self) -> int:
+        """Until the server is down for good; its last exit status."""
+        self._ended.wait()
         assert self.proc is not None
-        self.proc.wait()
-        self.kill_group()
-        self.cleanup_shm()
+        return self.proc.returncode
 
     def group_pids(self) -> list[int]:
         """Live processes of the server's process group (the server, its stubs, their DiT workers)."""
@@ -305,12 +425,8 @@ class TritonServer:
         return processes_in_group(self.proc.pid)
 
     def kill_group(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if self.proc is not None:
+            signal_group(self.proc.pid, signal.SIGKILL)
 
     def ready(self) -> bool:
         try:
@@ -322,7 +438,7 @@ class TritonServer:
     def wait_ready(self, timeout: float = 180.0) -> "TritonServer":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
+            if self._ended.is_set():
                 raise ServerError(f"tritonserver exited with {self.proc.returncode}; log:\n{self.log_tail()}")
             if self.ready():
                 self._note_stubs()  # before the caller can send work: a stub that dies later is recognised
@@ -354,14 +470,13 @@ class TritonServer:
             rc = self.proc.returncode
         self.kill_group()
         self.cleanup_shm()
+        self._release_reaper()
+        if self._tmp is not None:  # a work dir we made (its log goes with it; pass work_dir to keep one)
+            shutil.rmtree(self._tmp, ignore_errors=True)
         return rc
 
     def cleanup_shm(self) -> None:
-        for p in glob.glob(f"/dev/shm/{self.cfg.shm_prefix}*"):
-            try:
-                os.unlink(p)
-            except OSError:
-                pass
+        remove_shm(self.cfg.shm_prefix)
 
     def __enter__(self) -> "TritonServer":
         return self.start().wait_ready()
@@ -386,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--grpc-port", type=int, default=int(os.environ.get("MOCHI_GRPC_PORT", 8001)))
     ap.add_argument("--metrics-port", type=int, default=int(os.environ.get("MOCHI_METRICS_PORT", 8002)))
     ap.add_argument("--log-verbose", type=int, default=0)
+    ap.add_argument("--max-restarts", type=int, default=int(os.environ.get("MOCHI_MAX_RESTARTS", 5)),
+                    help="start tritonserver again when it dies on its own, at most this many times in 10 minutes "
+                         "(0: exit with its status, for a container runtime to restart)")
     return ap
 
 
@@ -394,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = ServerConfig(Path(a.model_repository), a.host, a.http_port, a.grpc_port, a.metrics_port, a.model_dir,
-                       log_verbose=a.log_verbose)
+                       log_verbose=a.log_verbose, max_restarts=a.max_restarts)
     server = TritonServer(cfg)
     print(f"tritonserver: {server.binary}", flush=True)
     print(f"HTTP    http://{server.http_url}\ngRPC    {server.grpc_url}\nmetrics {server.metrics_url}", flush=True)
@@ -402,12 +520,11 @@ def main(argv: list[str] | None = None) -> int:
     # A container runtime stops us with SIGTERM: drain the DiT, then let tritonserver shut down in order.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return server.proc.wait()
+        return server.wait()
     except KeyboardInterrupt:
         return server.stop() or 0
     finally:
-        server.kill_group()
-        server.cleanup_shm()
+        server.stop()  # whatever is left of the server's group, its shm, the reaper, the work dir
 
 
 if __name__ == "__main__":

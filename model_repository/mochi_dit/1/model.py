@@ -3,21 +3,27 @@
 The stub process never initialises CUDA: the workers are spawned and own the GPUs.
 """
 import dataclasses
+import hmac
 import json
+import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from mochi_runtime.parallel import GroupSpec, Layout
+from mochi_runtime.memory import DiTMemoryModel, choose_weights
+from mochi_runtime.parallel import Cancelled, GroupSpec, Layout, LayoutError
 from mochi_runtime.pipeline import open_model_dir
 from mochi_runtime.serving import adapters as A
 from mochi_runtime.serving.dit_engine import DiTEngine, Job, load_warmup
+from mochi_runtime.serving.orchestrator import request_timeout_us
 from mochi_runtime.text_encoder import TextEmbedding
 from mochi_runtime.validation import GenerationRequest, RequestError, validate
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+CONTROL_INPUTS = ("DRAIN", "HEALTH", "CANCEL", "PROGRESS_OF")
 
 
 def _text(value):
@@ -26,12 +32,10 @@ def _text(value):
 
 def plan_weights(p, dit_cfg, layout, devices, limits):
     """Weight mode ('auto' picks by the budget), the per-GPU budget, and the memory model requests are checked on."""
-    from mochi_runtime.memory import DiTMemoryModel, choose_weights
-
-    budget = int(p.get("memory_budget_bytes") or 0)
-    weights = p.get("weights") or "replicated"
-    over = p.get("shard_over") or "world"
-    dtype = p.get("dtype") or "auto"
+    budget = p.int("memory_budget_bytes", 0)
+    weights = p.text("weights", "replicated")
+    over = p.text("shard_over", "world")
+    dtype = p.text("dtype", "auto")
     dtype_bytes = 4 if dtype == "fp32" or (dtype == "auto" and not devices) else 2
     model = DiTMemoryModel(dit_cfg, layout.cfg, layout.ulysses, layout.ring, weights,
                            layout.world if over == "world" else layout.sp, dtype_bytes, gpu=bool(devices),
@@ -61,9 +65,13 @@ def lane_devices(p, args) -> list[tuple[int, ...] | None]:
     With one instance (the default) every set is a lane of it: one queue feeds whichever group is free, and
     control requests see every generation. With `count: N` instance i takes sets i, i+N, ...
     """
-    sets = [tuple(int(d) for d in s.split(",")) for s in (p.get("gpus") or "").split(";") if s.strip()]
+    try:
+        sets = [tuple(int(d) for d in s.split(",")) for s in p.text("gpus").split(";") if s.strip()]
+    except ValueError:
+        raise ValueError(f"parameter 'gpus' (MOCHI_MOCHI_DIT_GPUS) must be GPU indices like '0,1' or '0,1;2,3', "
+                         f"got {p.text('gpus')!r}") from None
     if not sets:
-        return [None] * max(1, int(p.get("cpu_groups") or 1))
+        return [None] * max(1, p.int("cpu_groups", 1))
     cfg = json.loads(args["model_config"])
     count = sum(int(g.get("count", 1)) for g in cfg.get("instance_group", [])) or 1
     mine = sets[instance_index(args)::count]
@@ -74,137 +82,170 @@ def lane_devices(p, args) -> list[tuple[int, ...] | None]:
 
 class TritonPythonModel:
     def initialize(self, args):
-        p = A.model_params(args)
+        self._init_limits(args)
+        self._init_layout(args)
+        self._init_metrics()
+        self._init_engine()
+
+    def _init_limits(self, args):
+        p = self.params = A.model_params(args)
+        self.args = args
         self.limits, self.defaults = A.limits_from(p), A.defaults_from(p)
-        self.stop_timeout = float(p.get("stop_timeout_s") or 30)
-        self.request_timeout = float(p.get("request_timeout_s") or 0)
-        layout = Layout(2 if A.flag(p, "cfg_parallel") else 1,
-                        int(p.get("ulysses") or 1), int(p.get("ring") or 1))
-        compile_dit = A.switch(p, "compile")
-        lanes = lane_devices(p, args)
-        devices = lanes[0]
-        if devices is None and int(p.get("cpu_world") or layout.world) != layout.world:
-            raise ValueError(f"cpu_world {p.get('cpu_world')} != {layout.describe()}")
-        md_path = A.model_dir(p)
-        dit_cfg = open_model_dir(md_path).dit_config()
-        self.feat_dim = dit_cfg.t5_feat_dim
-        weights, self.budget, self.memory = plan_weights(p, dit_cfg, layout, devices, self.limits)
-        self._fams = []
-        for fam, m, name in (
-            A.histogram(pb_utils, "mochi_denoise_latency_seconds", "DiT denoising time per generation",
-                        A.LATENCY_BUCKETS) + ("latency",),
-            A.counter(pb_utils, "mochi_denoise_steps_total", "Denoising steps run") + ("steps",),
-            A.gauge(pb_utils, "mochi_active_generations", "Generations running on the DiT group") + ("active",),
-            A.counter(pb_utils, "mochi_dit_group_restarts_total", "Times the DiT worker group was respawned")
-            + ("restarts",),
-            A.counter(pb_utils, "mochi_generations_cancelled_total", "Generations stopped by cancellation")
-            + ("cancelled",),
-            A.gauge(pb_utils, "mochi_dit_queued_generations", "Generations waiting for the DiT group")
-            + ("queued",),
-            A.histogram(pb_utils, "mochi_dit_queue_wait_seconds", "Time a generation waited for the DiT group",
-                        A.LATENCY_BUCKETS) + ("queue_wait",),
-        ):
-            self._fams.append(fam)
-            setattr(self, f"m_{name}", m)
+        self.stop_timeout = p.float("stop_timeout_s", 30.0)
+        self.request_timeout = p.float("request_timeout_s", 0.0)
+        self.key = A.control_key()
+
+    def _init_layout(self, args):
+        """GPU sets (lanes) and the layout of each group, checked before anything heavy starts: a layout that
+        does not fit the GPUs given fails the load at once, naming the variable to set."""
+        p = self.params
+        self.lanes = lane_devices(p, args)
+        devices = self.lanes[0]
+        world = len(devices) if devices is not None else p.int("cpu_world", 2)
+        self.md_path = A.model_dir(p)
+        self.dit_cfg = open_model_dir(self.md_path).dit_config()
+        self.feat_dim, self.max_tokens = self.dit_cfg.t5_feat_dim, self.dit_cfg.t5_token_length
+        degrees = {"cfg": {True: 2, False: 1, None: None}[p.switch("cfg_parallel")],
+                   "ulysses": None if p.text("ulysses", "auto") == "auto" else p.int("ulysses", 1),
+                   "ring": p.int("ring", 1)}
+        try:
+            self.layout = Layout.for_world(world, num_heads=self.dit_cfg.num_heads, **degrees)
+        except LayoutError as e:
+            where = f"{len(devices)} GPUs ({p.text('gpus')})" if devices is not None else f"cpu_world={world}"
+            raise ValueError(
+                f"mochi_dit: {e}; the group has {where}. Set the layout to match (MOCHI_MOCHI_DIT_CFG_PARALLEL, "
+                f"MOCHI_MOCHI_DIT_ULYSSES, MOCHI_MOCHI_DIT_RING) or leave ulysses and cfg_parallel on auto") from None
+        self.weights, self.budget, self.memory = plan_weights(p, self.dit_cfg, self.layout, devices, self.limits)
+        # (pb_utils.Logger here aborted tritonserver 2.51 at load in 2 of 2 starts: lock_exception)
+        print(f"mochi_dit: {len(self.lanes)} group(s) of {self.layout.describe()}, {self.weights} weights, "
+              f"devices {self.lanes}", file=sys.stderr, flush=True)
+
+    def _init_metrics(self):
+        labels = {"model": "mochi_dit"}
+        fams = {
+            "latency": A.histogram(pb_utils, "mochi_denoise_latency_seconds", "DiT denoising time per generation",
+                                   A.LATENCY_BUCKETS, labels),
+            "steps": A.counter(pb_utils, "mochi_denoise_steps_total", "Denoising steps run", labels),
+            "active": A.gauge(pb_utils, "mochi_active_generations", "Generations running on the DiT group", labels),
+            "restarts": A.counter(pb_utils, "mochi_dit_group_restarts_total", "Times the DiT worker group was "
+                                  "respawned", labels),
+            "cancelled": A.counter(pb_utils, "mochi_generations_cancelled_total", "Generations stopped by "
+                                   "cancellation", labels),
+            "queued": A.gauge(pb_utils, "mochi_dit_queued_generations", "Generations waiting for the DiT group",
+                              labels),
+            "queue_wait": A.histogram(pb_utils, "mochi_dit_queue_wait_seconds", "Time a generation waited for the "
+                                      "DiT group", A.LATENCY_BUCKETS, labels),
+        }
+        self._fams = [fam for fam, _ in fams.values()]
+        self.m = SimpleNamespace(**{name: metric for name, (_, metric) in fams.items()})
+        # A gauge outlives a stub that died with work in flight: start from the truth.
+        self.m.active.set(0)
+        self.m.queued.set(0)
+
+    def _init_engine(self):
+        p = self.params
         self.engine = DiTEngine(
-            [GroupSpec(layout, md_path, lane, p.get("dtype") or "auto", p.get("attention") or "auto",
-                       compile_dit, weights=weights, shard_over=p.get("shard_over") or "world") for lane in lanes],
-            max_queue=int(p.get("max_queue") or 8),
-            on_restart=lambda: self.m_restarts.increment(1),
-            on_steps=self.m_steps.increment,
+            [GroupSpec(self.layout, self.md_path, lane, p.text("dtype", "auto"), p.text("attention", "auto"),
+                       p.switch("compile"), weights=self.weights, shard_over=p.text("shard_over", "world"))
+             for lane in self.lanes],
+            max_queue=p.int("max_queue", 8),
+            on_restart=lambda: self.m.restarts.increment(1),
+            on_steps=self.m.steps.increment,
             on_queue=self._on_queue,
         )
-        self._warm_up()
-
-    def _on_queue(self, depth: int, waited_s: float | None) -> None:
-        self.m_queued.set(depth)
-        if waited_s is not None:
-            self.m_queue_wait.observe(waited_s)
-
-    def _warm_up(self):
-        """One 1-step generation at the smallest size on every worker group, so no user request pays for
-        start-up."""
         req, z = load_warmup(self.feat_dim)
-        try:
+        try:  # one 1-step generation at the smallest size on every group: no user request pays for start-up
             self.engine.warm_up(req, z, z)
         except BaseException as e:
             self.engine.close(self.stop_timeout)  # no workers left behind by a model that failed to load
             raise RuntimeError(f"DiT warm-up failed: {e}") from e
 
+    def _on_queue(self, depth: int, waited_s: float | None) -> None:
+        self.m.queued.set(depth)
+        if waited_s is not None:
+            self.m.queue_wait.observe(waited_s)
+
     def _control(self, request, sender) -> bool:
-        """CANCEL, PROGRESS_OF and DRAIN requests; True when the request was one of them."""
-        if A.single(pb_utils, request, "DRAIN") is not None:  # sent by the supervisor before SIGTERM
-            answered = self.engine.drain()
-            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("STEP", np.array([answered, 0], np.int32))]),
-                        flags=FINAL)
-            return True
-        cancel = _text(A.single(pb_utils, request, "CANCEL"))
-        if cancel is not None:
-            found = self.engine.cancel(cancel)
-            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("STEP", np.array([int(found), 0], np.int32))]),
-                        flags=FINAL)
-            return True
-        gen_id = _text(A.single(pb_utils, request, "PROGRESS_OF"))
-        if gen_id is not None:
+        """The server's own control inputs (DRAIN, CANCEL, PROGRESS_OF, HEALTH); True when the request was one.
+        They carry the server's control key (adapters.control_key): no client can drain or watch the model."""
+        names = [n for n in CONTROL_INPUTS if pb_utils.get_input_tensor_by_name(request, n) is not None]
+        if not names:
+            return False
+        given = _text(A.single(pb_utils, request, "CONTROL_KEY")) or ""
+        # Without a key (tritonserver run by hand, not by the supervisor) nobody may DRAIN or ask HEALTH, and
+        # generations are watched and cancelled by their ids, which only their orchestrator knows.
+        keyless = not self.key and not {"DRAIN", "HEALTH"} & set(names)
+        if not (keyless or self.key and hmac.compare_digest(given, self.key)):
+            raise RequestError(names[0].lower(), "is one of the server's own control inputs; clients cannot send it")
+
+        def reply(step, total, elapsed=0.0):
+            sender.send(pb_utils.InferenceResponse([
+                pb_utils.Tensor("STEP", np.array([step, total], dtype=np.int32)),
+                pb_utils.Tensor("ELAPSED", np.array([elapsed], dtype=np.float32)),
+            ]), flags=FINAL)
+
+        if "DRAIN" in names:  # sent by the supervisor before SIGTERM
+            reply(self.engine.drain(), 0)
+        elif "HEALTH" in names:  # [groups that can generate, groups]
+            reply(self.engine.healthy_lanes(), len(self.engine.lanes))
+        elif "CANCEL" in names:
+            reply(int(self.engine.cancel(_text(A.single(pb_utils, request, "CANCEL")))), 0)
+        else:
             after = int(A.single(pb_utils, request, "AFTER_STEP") or 0)
+            self.engine.wait_progress(_text(A.single(pb_utils, request, "PROGRESS_OF")), after, reply)
+        return True
 
-            def reply(step, total, elapsed):
-                sender.send(pb_utils.InferenceResponse([
-                    pb_utils.Tensor("STEP", np.array([step, total], dtype=np.int32)),
-                    pb_utils.Tensor("ELAPSED", np.array([elapsed], dtype=np.float32)),
-                ]), flags=FINAL)
-
-            self.engine.wait_progress(gen_id, after, reply)
-            return True
-        return False
-
-    def _job(self, request, sender) -> Job | None:
-        if self._control(request, sender):
-            return None
+    def _text_inputs(self, request) -> tuple[np.ndarray, np.ndarray]:
+        """TEXT_EMBEDS [2, L, D] (row 0 negative, row 1 prompt) and TEXT_MASK [2, L], checked before anything
+        reaches a worker: L is 1..t5_token_length (what T5 gives), D the DiT's text width, values finite."""
         embeds = A.input_array(pb_utils, request, "TEXT_EMBEDS")
         mask = A.input_array(pb_utils, request, "TEXT_MASK")
         if embeds is None or mask is None:
             raise RequestError("text_embeds", "TEXT_EMBEDS and TEXT_MASK are required")
-        if embeds.ndim != 3 or embeds.shape[0] != 2 or embeds.shape[2] != self.feat_dim:
-            raise RequestError("text_embeds", f"must be [2, L, {self.feat_dim}], got {list(embeds.shape)}")
-        if mask.shape != embeds.shape[:2]:
-            raise RequestError("text_mask", f"must be [2, {embeds.shape[1]}], got {list(mask.shape)}")
+        if embeds.dtype != np.float32 or embeds.ndim != 3 or embeds.shape[0] != 2 or embeds.shape[2] != self.feat_dim:
+            raise RequestError("text_embeds", f"must be FP32 [2, L, {self.feat_dim}], got {embeds.dtype} "
+                                              f"{list(embeds.shape)}")
+        if not 1 <= embeds.shape[1] <= self.max_tokens:
+            raise RequestError("text_embeds", f"must hold 1 to {self.max_tokens} tokens (what T5 gives), got "
+                                              f"{embeds.shape[1]}")
+        if mask.dtype != np.bool_ or mask.shape != embeds.shape[:2]:
+            raise RequestError("text_mask", f"must be BOOL [2, {embeds.shape[1]}], got {mask.dtype} {list(mask.shape)}")
         if not np.isfinite(embeds).all():
             raise RequestError("text_embeds", "must be finite")
+        return embeds, mask
+
+    def _job(self, request, sender) -> Job | None:
+        if self._control(request, sender):
+            return None
+        embeds, mask = self._text_inputs(request)
         req = validate(GenerationRequest(prompt="", **A.knobs(pb_utils, request, self.defaults)), self.limits,
                        check_text=False)
         self.memory.check(req, self.budget)
         gen_id = _text(A.single(pb_utils, request, "GENERATION_ID"))
-        feats, m = torch.from_numpy(embeds.copy()), torch.from_numpy(mask.astype(np.bool_))
+        feats, m = torch.from_numpy(embeds.copy()), torch.from_numpy(mask.copy())
         t0 = time.monotonic()
-        self.m_active.increment(1)
+        self.m.active.increment(1)
 
         def on_done(latents):
-            self.m_active.increment(-1)
-            self.m_latency.observe(time.monotonic() - t0)
+            self.m.active.increment(-1)
+            self.m.latency.observe(time.monotonic() - t0)
             sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("LATENTS", latents.numpy())]), flags=FINAL)
 
         def on_error(exc):
-            self.m_active.increment(-1)
-            from mochi_runtime.parallel import Cancelled
-
+            self.m.active.increment(-1)
             if isinstance(exc, Cancelled):
-                self.m_cancelled.increment(1)
-            sender.send(A.error_response(pb_utils, exc), flags=FINAL)
+                self.m.cancelled.increment(1)
+            sender.send(A.error_response(pb_utils, exc, tag_status=True), flags=FINAL)
 
+        # request.is_cancelled covers the client's cancel, a gRPC deadline and a disconnect
         return Job(req, TextEmbedding(feats[1:], m[1:]), TextEmbedding(feats[:1], m[:1]), on_done,
-                   on_error, is_cancelled=sender.is_cancelled, generation_id=gen_id,
+                   on_error, is_cancelled=request.is_cancelled, generation_id=gen_id,
                    timeout_s=self._timeout_s(request))
 
     def _timeout_s(self, request) -> float | None:
         """The client's per-request timeout (Triton's `timeout`, microseconds), else the config default."""
-        try:
-            us = int(request.timeout())
-        except (AttributeError, TypeError, ValueError):
-            us = 0
-        if us > 0:
-            return us / 1e6
-        return self.request_timeout or None
+        us = request_timeout_us(request)
+        return us / 1e6 if us > 0 else (self.request_timeout or None)
 
     def execute(self, requests):
         for request in requests:
@@ -215,10 +256,10 @@ class TritonPythonModel:
                     try:
                         self.engine.submit(job)
                     except Exception:
-                        self.m_active.increment(-1)
+                        self.m.active.increment(-1)
                         raise
             except Exception as e:
-                sender.send(A.error_response(pb_utils, e), flags=FINAL)
+                sender.send(A.error_response(pb_utils, e, tag_status=True), flags=FINAL)
         return None
 
     def finalize(self):

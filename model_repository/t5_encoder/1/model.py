@@ -7,6 +7,7 @@ import triton_python_backend_utils as pb_utils
 
 from mochi_runtime.pipeline import load_text_encoder, open_model_dir
 from mochi_runtime.serving import adapters as A
+from mochi_runtime.serving.embedding_cache import EmbeddingCache
 from mochi_runtime.validation import validate_text
 
 
@@ -17,8 +18,28 @@ class TritonPythonModel:
         md = open_model_dir(A.model_dir(params))
         self.encoder = load_text_encoder(md, torch.device(params.get("device") or "cpu"),
                                          offload=A.flag(params, "offload"))
-        self._fam, self.latency = A.histogram(pb_utils, "mochi_t5_latency_seconds",
-                                              "T5 prompt encoding time per request", A.LATENCY_BUCKETS)
+        # Our own cache, not Triton's response cache: that one stored an error answer as an empty success and
+        # served it to the next request with the same prompt. This one holds successes only.
+        self.cache = EmbeddingCache(int(params.get("cache_bytes") or 0))
+        labels = {"model": "t5_encoder"}
+        self._fams = [A.histogram(pb_utils, "mochi_t5_latency_seconds", "T5 prompt encoding time per request",
+                                  A.LATENCY_BUCKETS, labels),
+                      A.counter(pb_utils, "mochi_t5_cache_hits_total", "Prompts answered from the embedding cache",
+                                labels),
+                      A.counter(pb_utils, "mochi_t5_cache_misses_total", "Prompts encoded by T5", labels)]
+        (_, self.latency), (_, self.hits), (_, self.misses) = self._fams
+
+    def _encode(self, prompt: str, negative: str):
+        cached = self.cache.get((prompt, negative))
+        if cached is not None:
+            self.hits.increment(1)
+            return cached
+        self.encoder.check_lengths(prompt=prompt, negative_prompt=negative)
+        emb = self.encoder.encode([negative, prompt])
+        out = (emb.features.float().cpu().numpy(), emb.mask.cpu().numpy().astype(np.bool_))
+        self.cache.put((prompt, negative), out)
+        self.misses.increment(1)
+        return out
 
     def execute(self, requests):
         responses = []
@@ -26,14 +47,12 @@ class TritonPythonModel:
             try:
                 t0 = time.monotonic()
                 prompt, negative = validate_text(*A.text_inputs(pb_utils, request), self.limits)
-                emb = self.encoder.encode([negative, prompt])
-                responses.append(pb_utils.InferenceResponse([
-                    pb_utils.Tensor("TEXT_EMBEDS", emb.features.float().cpu().numpy()),
-                    pb_utils.Tensor("TEXT_MASK", emb.mask.cpu().numpy().astype(np.bool_)),
-                ]))
+                feats, mask = self._encode(prompt, negative)
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("TEXT_EMBEDS", feats),
+                                                             pb_utils.Tensor("TEXT_MASK", mask)]))
                 self.latency.observe(time.monotonic() - t0)
             except Exception as e:  # per-request error, the model stays up
-                responses.append(A.error_response(pb_utils, e))
+                responses.append(A.error_response(pb_utils, e, tag_status=True))
         return responses
 
     def finalize(self):

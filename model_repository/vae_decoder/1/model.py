@@ -8,7 +8,7 @@ import triton_python_backend_utils as pb_utils
 from mochi_runtime.pipeline import load_vae, open_model_dir, resolve_dtype
 from mochi_runtime.serving import adapters as A
 from mochi_runtime.validation import RequestError
-from mochi_runtime.vae import frames_to_uint8
+from mochi_runtime.vae import DEFAULT_TRIM, check_trim, frames_to_uint8
 from mochi_runtime.vae_tiling import TilePlan, decode_tiled, plan_for_budget
 from mochi_runtime.video import mp4_bytes
 
@@ -24,6 +24,7 @@ class TritonPythonModel:
         self.device = device
         self.piece_elements = int(params.get("piece_elements") or TilePlan.piece_elements)
         self.budget = int(params.get("memory_budget_bytes") or 0)
+        self.trim = check_trim(params.get("trim") or DEFAULT_TRIM)  # a bad value fails the load
         # false: MP4 comes back empty and clients encode VIDEO themselves (saves the server's CPU; PyAV not needed)
         self.encode_mp4 = A.flag(params, "encode_mp4", default=True)
         if self.encode_mp4:
@@ -57,8 +58,8 @@ class TritonPythonModel:
                 t0 = time.monotonic()
                 z = A.input_array(pb_utils, request, "LATENTS")
                 self._check(z)
-                plan = (plan_for_budget(self.vae, z.shape, self.budget) if self.budget
-                        else TilePlan(piece_elements=self.piece_elements))
+                plan = (plan_for_budget(self.vae, z.shape, self.budget, trim=self.trim) if self.budget
+                        else TilePlan(piece_elements=self.piece_elements, trim=self.trim))
                 video = decode_tiled(self.vae, torch.from_numpy(z).to(self.device), plan)
                 video = frames_to_uint8(video, device="cpu")[0].numpy()
                 mp4 = mp4_bytes(video, self.fps) if self.encode_mp4 else b""
@@ -68,7 +69,7 @@ class TritonPythonModel:
                 ]))
                 self.latency.observe(time.monotonic() - t0)
             except Exception as e:
-                responses.append(A.error_response(pb_utils, e))
+                responses.append(A.error_response(pb_utils, e, tag_status=True))
         return responses
 
     def finalize(self):
