@@ -1,4 +1,4 @@
 """Client for the Mochi Triton deployment: `MochiClient` (Python API) and `python -m client` (CLI)."""
-from .api import GenerationResult, MochiClient
+from .api import Cancelled, GenerationResult, MochiClient
 
-__all__ = ["MochiClient", "GenerationResult"]
+__all__ = ["MochiClient", "GenerationResult", "Cancelled"]

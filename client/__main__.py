@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                     bar.close()
             else:
                 result = client.generate(a.prompt, a.negative_prompt, **knobs)
-        except Cancelled:
+        except (Cancelled, KeyboardInterrupt):
             print("cancelled", file=sys.stderr)
             return 130
         except Exception as e:  # server-side errors carry the field and rule

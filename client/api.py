@@ -16,7 +16,7 @@ NP_TYPES = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
 
 
 class Cancelled(Exception):
-    pass
+    """The generation was cancelled (Ctrl-C, should_cancel); the server stops it at its next step."""
 
 
 def infer_inputs(mod, values: list[tuple[str, np.ndarray, str]]) -> list:
@@ -95,13 +95,38 @@ class MochiClient:
             values.append((name, np.array([value], dtype=NP_TYPES[KNOB_TYPES[name]]), KNOB_TYPES[name]))
         return infer_inputs(self._mod, values)
 
+    @property
+    def _server_timeout_us(self) -> int:
+        """Triton's per-request timeout, from this client's deadline: the server stops the generation at a step
+        boundary once it passes, whether or not the client is still there to hear it."""
+        return int(self.timeout_s * 1e6)
+
     def generate(self, prompt: str, negative_prompt: str | None = None, *, frames: int | None = None,
                  height: int | None = None, width: int | None = None, steps: int | None = None,
                  guidance: float | None = None, seed: int | None = None) -> GenerationResult:
+        """One video through `mochi`. KeyboardInterrupt cancels it on the server (gRPC) and raises Cancelled;
+        over HTTP the server stops it when the timeout passes. No seed: the server's default (0)."""
         inputs = self._inputs(prompt, negative_prompt, frames=frames, height=height, width=width, steps=steps,
                               guidance=guidance, seed=seed)
-        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-        result = self._client.infer("mochi", inputs, **kwargs)
+        if self.protocol == "http":
+            result = self._client.infer("mochi", inputs, timeout=self._server_timeout_us)
+        else:
+            done: queue.Queue = queue.Queue()
+            call = self._client.async_infer("mochi", inputs,
+                                            callback=lambda result, error: done.put((result, error)),
+                                            client_timeout=self.timeout_s, timeout=self._server_timeout_us)
+            try:
+                while True:
+                    try:
+                        result, error = done.get(timeout=0.5)
+                        break
+                    except queue.Empty:
+                        continue
+            except KeyboardInterrupt:
+                call.cancel()
+                raise Cancelled("generation cancelled") from None
+            if error is not None:
+                raise error
         return GenerationResult(result.as_numpy("VIDEO"), bytes(result.as_numpy("MP4")[0]))
 
     def stream(self, prompt: str, negative_prompt: str | None = None, *,
@@ -115,10 +140,11 @@ class MochiClient:
         inputs = self._inputs(prompt, negative_prompt, frames=frames, height=height, width=width, steps=steps,
                               guidance=guidance, seed=seed)
         events: queue.Queue = queue.Queue()
-        self._client.start_stream(callback=lambda result, error: events.put((result, error)))
+        self._client.start_stream(callback=lambda result, error: events.put((result, error)),
+                                  stream_timeout=self.timeout_s)
         cancelled = False
         try:
-            self._client.async_stream_infer("mochi_stream", inputs)
+            self._client.async_stream_infer("mochi_stream", inputs, timeout=self._server_timeout_us)
             while True:
                 try:
                     result, error = events.get(timeout=0.2)
@@ -127,7 +153,7 @@ class MochiClient:
                         raise KeyboardInterrupt
                     continue
                 if error is not None:
-                    raise RuntimeError(str(error))
+                    raise error  # InferenceServerException: status() and message() as for generate()
                 outputs = {o.name for o in result.get_response().outputs}
                 if "STEP" in outputs and on_progress is not None:
                     on_progress(int(result.as_numpy("STEP")[0]), int(result.as_numpy("TOTAL_STEPS")[0]),

@@ -3,8 +3,8 @@
     python -m client.loadtest --url 127.0.0.1:8001 --concurrency 1:4 --requests 8 --csv out.csv [--driver python]
 
 The default driver is perf_analyzer (count windows). `--driver python` runs the same closed loop from
-Python threads through the client API (for machines where the perf_analyzer binary cannot run, e.g.
-glibc < 2.38); it writes the same CSV columns (Concurrency, Inferences/Second, p50/p99 latency in us).
+Python threads through the client API (for machines without the perf_analyzer binary); it writes the
+same CSV columns (Concurrency, Inferences/Second, p50/p99 latency in us).
 
 perf_analyzer ships in the tritonclient 2.51 wheel; on machines without CUDA it
 needs libb64 and libcudart, which the nvidia-pytriton wheel carries under hashed
@@ -65,7 +65,11 @@ def run(url: str, model: str = "mochi", protocol: str = "grpc", concurrency: str
     libdir = library_dir()
     if libdir:
         env["LD_LIBRARY_PATH"] = libdir + os.pathsep + env.get("LD_LIBRARY_PATH", "")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    finally:
+        if libdir:
+            shutil.rmtree(libdir, ignore_errors=True)
     if proc.returncode != 0:
         raise RuntimeError(f"perf_analyzer failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return parse_csv(csv_path)
@@ -75,7 +79,7 @@ def closed_loop(send: Callable[[int], object], concurrency: int, requests: int) 
     """`concurrency` threads each send one request at a time (send(i) blocks until its answer) until `requests`
     are done; requests/hour and latency percentiles, the way perf_analyzer's concurrency mode counts them.
 
-    The driver for machines where the perf_analyzer binary cannot run or travel (it needs glibc 2.38).
+    The driver for machines where the perf_analyzer binary is not installed or cannot travel.
     """
     lock = threading.Lock()
     issued = iter(range(requests))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,8 @@ def prepare_generation(a: argparse.Namespace) -> Prepared:
     from .validation import Limits, validate
     from .vae_tiling import TilePlan
 
+    if a.gpu_memory_budget_gib:  # fewer stranded blocks under a cap (read when CUDA's allocator starts)
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     limits = Limits(max_frames=10_000, max_pixels=4096 * 4096, max_steps=1000)
     compile_dit = {"auto": None, "on": True, "off": False}[a.compile]
     request = validate(request_from_args(a), limits)

@@ -51,7 +51,7 @@ def worst(errors) -> Error:
 def check(err: Error, *, rel_l2: float, max_rel: float = math.inf, label: str = "") -> Error:
     """Assert `err` is within both bounds; log it when MOCHI_NUMERICS_LOG is set. (max_rel left out: a
     measure only known as rel_l2, e.g. the benchmarks' records.)"""
-    name = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0] + (f"::{label}" if label else "")
+    name = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" (", 1)[0] + (f"::{label}" if label else "")
     path = os.environ.get("MOCHI_NUMERICS_LOG")
     if path:
         with open(path, "a") as f:

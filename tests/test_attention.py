@@ -8,8 +8,8 @@ from mochi_runtime.attention import LocalJointAttention, attend_with_lse, merge_
 from numerics import assert_close
 
 # One attention against another on the same inputs: softmax sums in another order (SDPA's blocked kernel vs the
-# written-out matmuls, or partial softmaxes merged by log-sum-exp). Measured <= 3e-7 rel_l2, 1e-6 max_rel over
-# the margin matrix (tests/numerics.py).
+# written-out matmuls, or partial softmaxes merged by log-sum-exp). Largest measured over the margin matrix
+# (tests/numerics.py): 2.0e-7 rel_l2, 2.6e-7 max_rel.
 ATTENTION = dict(rel_l2=3e-6, max_rel=1e-5)
 
 

@@ -170,10 +170,10 @@ def test_parallel_dit_benchmark_runs_shallow_models_for_error_growth(tmp_path, m
     assert "xfuser" in xdit["error"]  # xDiT needs GPUs: an error row naming why, and the other rows still ran
     # --fp32-reference: on CPU the runs are fp32 already, so every eager output sits at the fp32 reference
     # --fp32-reference: on CPU the runs are fp32 already, so every eager output sits at the fp32 reference (two
-    # fp32 models of the same weights, built separately: rounding only)
-    check(Error(rec["results"][0]["rel_err_eager_vs_fp32"], 0.0), rel_l2=1e-5, label="1 GPU vs fp32")
-    check(Error(first["rel_err_eager_vs_fp32"], 0.0), rel_l2=1e-5, label="layout vs fp32")
-    check(Error(second["rel_err_eager_vs_fp32"], 0.0), rel_l2=1e-5, label="layout vs fp32, second run")
+    # fp32 models of the same weights, built separately: rounding only; largest over the margin matrix 1.0e-6)
+    check(Error(rec["results"][0]["rel_err_eager_vs_fp32"], 0.0), rel_l2=2e-5, label="1 GPU vs fp32")
+    check(Error(first["rel_err_eager_vs_fp32"], 0.0), rel_l2=2e-5, label="layout vs fp32")
+    check(Error(second["rel_err_eager_vs_fp32"], 0.0), rel_l2=2e-5, label="layout vs fp32, second run")
     assert second["rel_err_vs_earlier_run"] == 0.0  # a layout named twice: fresh processes, same numbers on CPU
     base = rec["results"][0]
     # every rank's collector passes during the timed steps (after --gc-freeze's warm step and collection)

@@ -102,7 +102,8 @@ def test_three_step_generation_matches_diffusers_pipeline(official_dir, diffuser
             num_frames=request.num_frames, height=request.height, width=request.width, output_type="latent",
         ).frames
     assert mine.shape == theirs.shape == request.latent_shape
-    assert_close(mine, theirs, rel_l2=1e-5, max_rel=4e-5)
+    # three sampler steps of two implementations (largest over the margin matrix: 1.1e-6 rel_l2, 1.5e-6 max_rel)
+    assert_close(mine, theirs, rel_l2=2e-5, max_rel=4e-5)
 
 
 def test_schedule_matches_diffusers():

@@ -44,8 +44,9 @@ def test_streamed_decode_is_exact(vae, frames, piece, trim):
     out = decode_tiled(vae, z, TilePlan(piece_elements=_piece_elements(vae, piece, 4, 6), trim=trim))
     assert out.shape[2] == ref.shape[2] == frames
     # Streaming changes only how each conv's input is cut (the same sums per output element; the conv kernel
-    # may block them differently for other input lengths): measured <= 1e-7 max_rel over the margin matrix.
-    assert_close(out, ref, rel_l2=1e-6, max_rel=2e-6)
+    # blocks them differently for other input lengths): largest over the margin matrix 6.4e-7 rel_l2, 6.5e-7
+    # max_rel (tests/numerics.py).
+    assert_close(out, ref, rel_l2=1e-5, max_rel=1e-5)
 
 
 def _border_mask(plan: TilePlan, h: int, w: int, s: int) -> torch.Tensor:

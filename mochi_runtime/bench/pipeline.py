@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import queue
 import time
 from datetime import timedelta
 
@@ -133,6 +134,8 @@ def _budget_case(argv: list[str], out_q) -> None:
         row["refused"] = str(e)
     except torch.OutOfMemoryError as e:
         row["error"] = f"out of memory: {str(e).splitlines()[0]}"
+    except Exception as e:  # noqa: BLE001 - a case that breaks is a row; the others still run
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     out_q.put(row)
 
 
@@ -148,10 +151,15 @@ def budget_runs(model_dir: str, specs: str, height: int, width: int, steps: int)
         q = mp.get_context("spawn").Queue()
         p = mp.get_context("spawn").Process(target=_budget_case, args=(argv, q))
         p.start()
-        try:
-            row = q.get(timeout=900)
-        except Exception as e:  # noqa: BLE001 - a crashed case is a row, the rest still run
-            row = {"fits": False, "error": f"no result: {e}"}
+        row = None
+        deadline = time.monotonic() + 900
+        while row is None and time.monotonic() < deadline:
+            try:
+                row = q.get(timeout=1.0)
+            except queue.Empty:
+                if not p.is_alive():  # died without a row (killed, a crash in C++)
+                    row = {"fits": False, "error": f"the case's process exited with {p.exitcode}"}
+        row = row or {"fits": False, "error": "no result in 900 s"}
         p.join(60)
         row = {"asked_dtype": dtype, "budget_gib": float(budget), "frames": int(frames), **row}
         rows.append(row)

@@ -216,9 +216,28 @@ def error_response(pb_utils, exc: BaseException, tag_status: bool = False):
         log.error("request failed: %s", "".join(traceback.format_exception(exc)))
         code, msg = E.INTERNAL, f"internal error ({type(exc).__name__}): {short(exc)}"
     msg = one_line(msg)
+    failures = _FAILURES.get(code)
+    if failures is not None:
+        failures.increment(1)
     if tag_status:
         msg += next((f" [{n}]" for n in _STATUS_NAMES if getattr(E, n) == code), "")
     return pb_utils.InferenceResponse(error=E(msg, code))
+
+
+# status code -> this stub's failure counter (one model per stub process; see count_failures)
+_FAILURES: dict[Any, Any] = {}
+
+
+def count_failures(pb_utils, model: str) -> list:
+    """Count this model's error answers in mochi_request_failures_total{model, code}. Triton 2.51 counts a
+    python model's error responses as successes (nv_inference_request_failure stays 0), so this is the series
+    to alert on. Returns the metric families (keep them alive with the model)."""
+    E = pb_utils.TritonError
+    fam = pb_utils.MetricFamily(name="mochi_request_failures_total", description="Requests answered with an error",
+                                kind=pb_utils.MetricFamily.COUNTER)
+    for name in _STATUS_NAMES:
+        _FAILURES[getattr(E, name)] = SerialMetric(fam.Metric(labels={"model": model, "code": name}))
+    return [fam]
 
 
 def one_line(text: str, limit: int = 600) -> str:
@@ -240,7 +259,9 @@ def raise_if_error(pb_utils, response, model: str) -> None:
         err = response.error()
         message = one_line(err.message())
         tagged = STATUS_TAG.search(message)
-        code = getattr(pb_utils.TritonError, tagged.group(1)) if tagged else err.code()
+        # Our models tag every error; an untagged one is Triton's own about the model's state (its stub is not
+        # healthy, it is not loaded or not ready): a retry may find it back.
+        code = getattr(pb_utils.TritonError, tagged.group(1)) if tagged else pb_utils.TritonError.UNAVAILABLE
         raise UpstreamError(code, f"{model}: {STATUS_TAG.sub('', message)}")
 
 

@@ -26,6 +26,8 @@ from .adapters import QueueFull, RequestTimeout, ShuttingDown
 
 log = logging.getLogger("mochi.dit_engine")
 
+UNKNOWN_STEP = -2  # progress of a generation this engine does not know (-1: finished)
+
 
 @dataclass
 class Job:
@@ -151,8 +153,9 @@ class DiTEngine:
 
     def wait_progress(self, generation_id: str, after_step: int, reply: Callable[[int, int, float], None],
                       timeout: float = 2.0) -> None:
-        """Call reply(step, total, elapsed) once the generation is past `after_step` or finished,
-        or with its current state after `timeout` seconds (step 0: not started or unknown)."""
+        """Call reply(step, total, elapsed) once the generation is past `after_step` or finished, or with its
+        current state after `timeout` seconds: step 0 while it waits in the queue, UNKNOWN_STEP when this engine
+        has no such generation (not submitted yet, or lost with a stub that died: its orchestrator tells which)."""
         with self._lock:
             state = self._progress.get(generation_id)
             if state is not None and (state[0] > after_step or state[0] < 0):
@@ -178,7 +181,8 @@ class DiTEngine:
             with self._lock:
                 due = [w for w in self._waiters if w[2] <= now]
                 self._waiters = [w for w in self._waiters if w not in due]
-                states = [self._progress.get(w[0], (0, 0, 0.0)) for w in due]
+                states = [self._progress.get(w[0], (0, 0, 0.0) if w[0] in self._jobs else (UNKNOWN_STEP, 0, 0.0))
+                          for w in due]
             for w, st in zip(due, states):
                 w[3](*st)
 

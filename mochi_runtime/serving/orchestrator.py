@@ -21,6 +21,7 @@ server's control key (see `adapters.control_key`).
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -30,6 +31,10 @@ import numpy as np
 from ..parallel import Cancelled
 from ..validation import GenerationRequest
 from . import adapters as A
+from .dit_engine import UNKNOWN_STEP
+
+POLL_TIMEOUT_S = 10.0  # mochi_dit answers a progress poll within ~2 s; none in this long: it is gone
+ARRIVAL_S = 30.0  # how long a DiT request may take to reach mochi_dit's engine before its absence means it was lost
 
 StepCallback = Callable[[int, int, float], None]
 
@@ -104,7 +109,7 @@ class Orchestrator:
             dtype = np.float32 if name == "GUIDANCE" else np.int64 if name == "SEED" else np.int32
             inputs.append(scalar(self.pb, name, getattr(req, fld), dtype))
         pending = _Pending(lambda: self._bls("mochi_dit", inputs, ["LATENTS"], timeout_us))
-        sent, cancel_sent = 0, False
+        sent, cancel_sent, seen, started = 0, False, False, time.monotonic()
         while not pending.done():
             try:
                 step, total, elapsed = self._progress(gen_id, sent)
@@ -113,6 +118,12 @@ class Orchestrator:
                     break
                 raise A.Unavailable(f"mochi_dit stopped answering during this generation ({A.short(e)}); its "
                                     f"process may have died and is being restarted; retry the request") from None
+            if step == UNKNOWN_STEP:  # mochi_dit has no such generation: not arrived yet, or lost with its stub
+                if (seen or time.monotonic() - started > ARRIVAL_S) and not pending.done():
+                    raise A.Unavailable("mochi_dit lost this generation: its process died and was started "
+                                        "again; retry the request")
+                continue
+            seen = True
             if step < 0:  # finished (or failed): the DiT response is on its way
                 break
             if on_step is not None and not cancel_sent:
@@ -147,8 +158,12 @@ class Orchestrator:
         return self._bls("mochi_dit", inputs, ["STEP", "ELAPSED"])
 
     def _progress(self, gen_id: str, after_step: int) -> tuple[int, int, float]:
-        """Long-poll mochi_dit until the generation passes after_step (or ~2 s pass)."""
-        resp = self._control("PROGRESS_OF", gen_id, after_step)
+        """Long-poll mochi_dit until the generation passes after_step (it answers within ~2 s). A poll sent to a
+        stub that dies is never answered: after POLL_TIMEOUT_S it counts as failed."""
+        poll = _Pending(lambda: self._control("PROGRESS_OF", gen_id, after_step))
+        resp = poll.wait(POLL_TIMEOUT_S)
+        if not poll.done():
+            raise TimeoutError(f"no answer to a progress poll in {POLL_TIMEOUT_S:g} s")
         step, total = (int(v) for v in self.pb.get_output_tensor_by_name(resp, "STEP").as_numpy())
         elapsed = float(self.pb.get_output_tensor_by_name(resp, "ELAPSED").as_numpy()[0])
         return step, total, elapsed
@@ -176,7 +191,8 @@ class FrontModel:
         self.pb, self.streaming = pb_utils, streaming
         self.limits, self.defaults = A.limits_from(p), A.defaults_from(p)
         self.orchestrator = Orchestrator(pb_utils)
-        self.max_inflight = int(p.get("max_inflight") or 32)
+        self.max_inflight = p.int("max_inflight", 32)
+        self._failures = A.count_failures(pb_utils, p.model)
         self._slots = threading.BoundedSemaphore(self.max_inflight)
 
     def execute(self, requests) -> None:

@@ -76,6 +76,7 @@ ADMIN_HEADER = "mochi-admin-key"
 HEALTH_POLL_S = 5.0  # how often the supervisor asks mochi_dit whether a worker group can generate
 RETRY_LOAD_S = 10.0  # a model whose load failed is tried again after this
 RESTART_WINDOW_S = 600.0
+STALE_EXIT_S = 3.0
 RESTRICTED_APIS = "model-repository,trace,logging"  # what changes the server's state; inference stays open
 
 
@@ -461,11 +462,7 @@ class TritonServer:
         if self.proc is not None and self.proc.poll() is None:
             self.drain()
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill_group()
-                rc = self.proc.wait(10)
+            rc = self._wait_for_exit(timeout)
         elif self.proc is not None:
             rc = self.proc.returncode
         self.kill_group()
@@ -474,6 +471,31 @@ class TritonServer:
         if self._tmp is not None:  # a work dir we made (its log goes with it; pass work_dir to keep one)
             shutil.rmtree(self._tmp, ignore_errors=True)
         return rc
+
+    def _wait_for_exit(self, timeout: float) -> int:
+        """tritonserver's exit after SIGTERM. Every model's stub finalizes and exits; tritonserver then exits too,
+        unless it still counts a request that a stub which died earlier never answered (Triton 2.51 keeps such a
+        dead instance alive and waits out --exit-timeout-secs, then exits 1 without unloading). Once every stub
+        is gone for STALE_EXIT_S, nothing is left to finalize: the group is stopped and the stop counts as clean."""
+        assert self.proc is not None
+        deadline, stubs_gone = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            try:
+                return self.proc.wait(0.2)
+            except subprocess.TimeoutExpired:
+                pass
+            if self.stub_pids():
+                stubs_gone = None
+            elif stubs_gone is None:
+                stubs_gone = time.monotonic()
+            elif time.monotonic() - stubs_gone > STALE_EXIT_S:
+                log.warning("every model has finalized, but tritonserver still waits for a request that a stub "
+                            "which died earlier never answered; stopping it")
+                self.kill_group()
+                self.proc.wait(10)
+                return 0
+        self.kill_group()
+        return self.proc.wait(10)
 
     def cleanup_shm(self) -> None:
         remove_shm(self.cfg.shm_prefix)

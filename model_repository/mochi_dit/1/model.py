@@ -136,7 +136,7 @@ class TritonPythonModel:
             "queue_wait": A.histogram(pb_utils, "mochi_dit_queue_wait_seconds", "Time a generation waited for the "
                                       "DiT group", A.LATENCY_BUCKETS, labels),
         }
-        self._fams = [fam for fam, _ in fams.values()]
+        self._fams = [fam for fam, _ in fams.values()] + A.count_failures(pb_utils, "mochi_dit")
         self.m = SimpleNamespace(**{name: metric for name, (_, metric) in fams.items()})
         # A gauge outlives a stub that died with work in flight: start from the truth.
         self.m.active.set(0)

@@ -16,11 +16,11 @@ class TritonPythonModel:
         params = A.model_params(args)
         self.limits = A.limits_from(params)
         md = open_model_dir(A.model_dir(params))
-        self.encoder = load_text_encoder(md, torch.device(params.get("device") or "cpu"),
-                                         offload=A.flag(params, "offload"))
+        self.encoder = load_text_encoder(md, torch.device(params.text("device", "cpu")),
+                                         offload=params.flag("offload"))
         # Our own cache, not Triton's response cache: that one stored an error answer as an empty success and
         # served it to the next request with the same prompt. This one holds successes only.
-        self.cache = EmbeddingCache(int(params.get("cache_bytes") or 0))
+        self.cache = EmbeddingCache(params.int("cache_bytes", 0))
         labels = {"model": "t5_encoder"}
         self._fams = [A.histogram(pb_utils, "mochi_t5_latency_seconds", "T5 prompt encoding time per request",
                                   A.LATENCY_BUCKETS, labels),
@@ -28,6 +28,7 @@ class TritonPythonModel:
                                 labels),
                       A.counter(pb_utils, "mochi_t5_cache_misses_total", "Prompts encoded by T5", labels)]
         (_, self.latency), (_, self.hits), (_, self.misses) = self._fams
+        self._fams += A.count_failures(pb_utils, "t5_encoder")
 
     def _encode(self, prompt: str, negative: str):
         cached = self.cache.get((prompt, negative))

@@ -17,16 +17,16 @@ class TritonPythonModel:
     def initialize(self, args):
         params = A.model_params(args)
         self.limits = A.limits_from(params)
-        self.fps = int(params.get("fps") or 30)
-        device = torch.device(params.get("device") or "cpu")
-        dtype = resolve_dtype(params.get("dtype") or "auto", device)
+        self.fps = params.int("fps", 30)
+        device = torch.device(params.text("device", "cpu"))
+        dtype = resolve_dtype(params.text("dtype", "auto"), device)
         self.vae = load_vae(open_model_dir(A.model_dir(params)), device, dtype)
         self.device = device
-        self.piece_elements = int(params.get("piece_elements") or TilePlan.piece_elements)
-        self.budget = int(params.get("memory_budget_bytes") or 0)
-        self.trim = check_trim(params.get("trim") or DEFAULT_TRIM)  # a bad value fails the load
+        self.piece_elements = params.int("piece_elements", TilePlan.piece_elements)
+        self.budget = params.int("memory_budget_bytes", 0)
+        self.trim = check_trim(params.text("trim", DEFAULT_TRIM))  # a bad value fails the load
         # false: MP4 comes back empty and clients encode VIDEO themselves (saves the server's CPU; PyAV not needed)
-        self.encode_mp4 = A.flag(params, "encode_mp4", default=True)
+        self.encode_mp4 = params.flag("encode_mp4", default=True)
         if self.encode_mp4:
             from mochi_runtime.video import pick_codec
 
@@ -36,7 +36,9 @@ class TritonPythonModel:
                 raise RuntimeError("vae_decoder: encode_mp4=true needs PyAV (pip install av); "
                                    "or set encode_mp4=false and let clients encode VIDEO") from e
         self._fam, self.latency = A.histogram(pb_utils, "mochi_vae_latency_seconds",
-                                              "VAE decode + mp4 encode time per request", A.LATENCY_BUCKETS)
+                                              "VAE decode + mp4 encode time per request", A.LATENCY_BUCKETS,
+                                              {"model": "vae_decoder"})
+        self._failures = A.count_failures(pb_utils, "vae_decoder")
 
     def _check(self, z: np.ndarray) -> None:
         c = self.vae.cfg.latent_channels
