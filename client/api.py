@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import queue
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,6 +14,24 @@ KNOB_INPUTS = {"frames": "NUM_FRAMES", "height": "HEIGHT", "width": "WIDTH", "st
 KNOB_TYPES = {"NUM_FRAMES": "INT32", "HEIGHT": "INT32", "WIDTH": "INT32", "STEPS": "INT32", "GUIDANCE": "FP32",
               "SEED": "INT64"}
 NP_TYPES = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+
+
+# A stream's error carries its status at the end of the message (gRPC's stream responses have no status field).
+_STREAM_STATUS = re.compile(r" \[(INVALID_ARG|UNAVAILABLE|CANCELLED|INTERNAL|NOT_FOUND|UNSUPPORTED)\]$")
+_GRPC_STATUS = {"INVALID_ARG": "StatusCode.INVALID_ARGUMENT", "UNAVAILABLE": "StatusCode.UNAVAILABLE",
+                "CANCELLED": "StatusCode.CANCELLED", "INTERNAL": "StatusCode.INTERNAL",
+                "NOT_FOUND": "StatusCode.NOT_FOUND", "UNSUPPORTED": "StatusCode.UNIMPLEMENTED"}
+
+
+def with_status(error):
+    """A stream's error as an InferenceServerException whose status() is the server's, as generate() gives."""
+    from tritonclient.utils import InferenceServerException
+
+    message = error.message() if hasattr(error, "message") else str(error)
+    tagged = _STREAM_STATUS.search(message or "")
+    if not tagged:
+        return error
+    return InferenceServerException(_STREAM_STATUS.sub("", message), status=_GRPC_STATUS[tagged.group(1)])
 
 
 class Cancelled(Exception):
@@ -153,7 +172,7 @@ class MochiClient:
                         raise KeyboardInterrupt
                     continue
                 if error is not None:
-                    raise error  # InferenceServerException: status() and message() as for generate()
+                    raise with_status(error)
                 outputs = {o.name for o in result.get_response().outputs}
                 if "STEP" in outputs and on_progress is not None:
                     on_progress(int(result.as_numpy("STEP")[0]), int(result.as_numpy("TOTAL_STEPS")[0]),

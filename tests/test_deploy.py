@@ -19,7 +19,8 @@ DOCKER = ROOT / "docker"
 # NGC Triton release -> (Triton version, the image's Python = its python-backend stub's Python), from NVIDIA's
 # release notes ("Triton Inference Server Release 24.12: Ubuntu 24.04 including Python 3.12").
 NGC_RELEASES = {"24.12": ("2.53.0", "3.12")}
-SERVER_FLAGS = {"MOCHI_MODEL_DIR", "MOCHI_HOST", "MOCHI_HTTP_PORT", "MOCHI_GRPC_PORT", "MOCHI_METRICS_PORT"}
+SERVER_FLAGS = {"MOCHI_MODEL_DIR", "MOCHI_HOST", "MOCHI_HTTP_PORT", "MOCHI_GRPC_PORT", "MOCHI_METRICS_PORT",
+                "MOCHI_ADMIN_KEY", "MOCHI_MAX_RESTARTS"}
 
 
 def _dockerfile() -> list[tuple[str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,3 +144,13 @@ def dit_inputs(grpcclient, feat_dim: int, frames: int = 7, height: int = 32, wid
               ("STEPS", np.array([steps], np.int32), "INT32"),
               ("SEED", np.array([seed], np.int64), "INT64")]
     return infer_inputs(grpcclient, arrays)
+
+
+def wait_for(cond, timeout: float, poll: float = 0.2) -> bool:
+    """Poll cond() until it is true or `timeout` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(poll)
+    return bool(cond())

@@ -51,19 +51,18 @@ class Params(dict):
     def text(self, key: str, default: str = "") -> str:
         return (self.get(key) or "").strip() or default
 
-    def int(self, key: str, default: int) -> int:
+    def _number(self, key: str, default, cast, rule: str):
         value = self.text(key)
         try:
-            return default if not value else int(value)
+            return default if not value else cast(value)
         except ValueError:
-            raise self._bad(key, "must be an integer") from None
+            raise self._bad(key, rule) from None
+
+    def int(self, key: str, default: int) -> int:
+        return self._number(key, default, int, "must be an integer")
 
     def float(self, key: str, default: float) -> float:
-        value = self.text(key)
-        try:
-            return default if not value else float(value)
-        except ValueError:
-            raise self._bad(key, "must be a number") from None
+        return self._number(key, default, float, "must be a number")
 
     def switch(self, key: str) -> bool | None:
         """On, off, or left to the runtime ("auto" or empty -> None)."""

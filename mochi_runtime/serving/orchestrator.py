@@ -204,7 +204,7 @@ class FrontModel:
                 if not self._slots.acquire(blocking=False):
                     raise A.QueueFull(f"{self.max_inflight} generations are in flight on this server; retry later")
             except Exception as e:  # noqa: BLE001 - every request is answered
-                sender.send(A.error_response(self.pb, e), flags=final)
+                sender.send(self._error(e), flags=final)
                 continue
             threading.Thread(target=self._run, args=(request, req, sender), name="mochi-generation",
                              daemon=True).start()
@@ -226,7 +226,7 @@ class FrontModel:
                                         on_step=step if self.streaming else None)
             response = pb.InferenceResponse([out.video, out.mp4])
         except Exception as e:  # noqa: BLE001 - every request is answered
-            response = A.error_response(pb, e)
+            response = self._error(e)
         finally:
             self._slots.release()
         try:
@@ -234,5 +234,26 @@ class FrontModel:
         except Exception:  # noqa: BLE001 - the client is gone (a cancelled stream); nothing left to answer
             pass
 
+    def _error(self, exc: BaseException):
+        """A stream's errors reach the client as a message only (gRPC's stream response has no status field):
+        the status ends the message there, and MochiClient.stream turns it back into the exception's status."""
+        return A.error_response(self.pb, exc, tag_status=self.streaming)
+
     def finalize(self) -> None:
         pass
+
+
+def triton_model(pb_utils, streaming: bool) -> type:
+    """The TritonPythonModel class of a client-facing model (its model.py is one line)."""
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            self.front = FrontModel(pb_utils, args, streaming)
+
+        def execute(self, requests):
+            return self.front.execute(requests)
+
+        def finalize(self):
+            self.front.finalize()
+
+    return TritonPythonModel

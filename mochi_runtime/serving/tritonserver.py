@@ -225,6 +225,8 @@ class TritonServer:
         return self
 
     def _launch(self) -> None:
+        if getattr(self, "restarts", None):  # a restart gets shm regions of its own: nothing of the dead run's
+            self.cfg.shm_prefix = f"mochi_{uuid.uuid4().hex[:8]}_"
         cmd = server_command(self.binary, self.root, self.backends, self.cfg)
         out = None if self._foreground else open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, env=server_env(self.root, self.cfg), stdout=out,

@@ -2,15 +2,6 @@
 (mochi_runtime.serving.orchestrator does the work)."""
 import triton_python_backend_utils as pb_utils
 
-from mochi_runtime.serving.orchestrator import FrontModel
+from mochi_runtime.serving.orchestrator import triton_model
 
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.front = FrontModel(pb_utils, args, streaming=True)
-
-    def execute(self, requests):
-        return self.front.execute(requests)
-
-    def finalize(self):
-        self.front.finalize()
+TritonPythonModel = triton_model(pb_utils, streaming=True)
