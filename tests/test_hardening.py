@@ -27,7 +27,7 @@ from triton_helpers import SMALL, control_inputs, dit_inputs, dit_workers, metri
 
 ROOT = Path(__file__).resolve().parents[1]
 FEAT = get_preset("tiny").dit.t5_feat_dim
-LONG = dict(frames=13, height=48, width=80, steps=200)  # ~10-40 s on the tiny model: long enough to leave
+LONG = dict(frames=31, height=64, width=96, steps=200)  # 30 s or more on the tiny model: long enough to leave
 
 
 @pytest.fixture(scope="module")

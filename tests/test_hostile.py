@@ -66,11 +66,48 @@ def tensors(draw, name: str):
     return name, arr, dtype
 
 
+KNOB_VALUES = {"NUM_FRAMES": [7, 13, 8, 0, -6, 169, 2**31 - 1], "HEIGHT": [32, 48, 64, 15, 0, 4096],
+               "WIDTH": [32, 48, 80, 17, -16, 8192], "STEPS": [1, 2, 3, 0, -1, 1000]}
+
+
+@st.composite
+def well_formed(draw, model: str):
+    """The model's own inputs in their declared types and shapes, with values from the edge of what is valid:
+    a good share of these generate (within the lowered caps), the rest are refused by a rule."""
+    inputs = []
+    if model in ("mochi", "mochi_stream", "t5_encoder"):
+        inputs.append(("PROMPT", np.array([draw(texts).encode("utf-8", "surrogatepass")], np.object_), "BYTES"))
+        if draw(st.booleans()):
+            inputs.append(("NEGATIVE_PROMPT", np.array([draw(texts).encode("utf-8", "surrogatepass")], np.object_),
+                           "BYTES"))
+    if model == "mochi_dit":
+        length = draw(st.sampled_from([1, 4, 256, 0, 257]))
+        embeds = draw(st.sampled_from([0.0, 1.0, 1e30, float("nan")]))
+        inputs += [("TEXT_EMBEDS", np.full((2, length, 64), embeds, np.float32), "FP32"),
+                   ("TEXT_MASK", np.ones((2, length), np.bool_), "BOOL")]
+    if model == "vae_decoder":
+        t, h, w = draw(st.sampled_from([(2, 6, 10), (1, 4, 4), (3, 2, 2), (2, 100, 100)]))
+        inputs.append(("LATENTS", np.zeros((1, 12, t, h, w), np.float32), "FP32"))
+    if model in ("mochi", "mochi_stream", "mochi_dit"):
+        for name, values in KNOB_VALUES.items():
+            if draw(st.booleans()):
+                inputs.append((name, np.array([draw(st.sampled_from(values))], np.int32), "INT32"))
+        if draw(st.booleans()):
+            inputs.append(("GUIDANCE", np.array([draw(st.sampled_from([1.0, 4.5, 0.0, -3.0, 1e9]))], np.float32),
+                           "FP32"))
+        if draw(st.booleans()):
+            inputs.append(("SEED", np.array([draw(st.sampled_from([0, 7, -1, 2**63 - 1]))], np.int64), "INT64"))
+    return inputs
+
+
 @st.composite
 def hostile_requests(draw):
     model = draw(st.sampled_from(list(MODELS)))
-    names = draw(st.lists(st.sampled_from(MODELS[model] + ["UNKNOWN", "prompt"]), max_size=6, unique=True))
-    inputs = [draw(tensors(n)) for n in names]
+    if draw(st.booleans()):
+        inputs = draw(well_formed(model))
+    else:
+        names = draw(st.lists(st.sampled_from(MODELS[model] + ["UNKNOWN", "prompt"]), max_size=6, unique=True))
+        inputs = [draw(tensors(n)) for n in names]
     protocol = draw(st.sampled_from(["http", "grpc"]))
     return model, protocol, inputs
 

@@ -178,7 +178,9 @@ def test_metrics_move_and_repeated_prompt_hits_t5_cache(server, grpc):
 def test_perf_analyzer_csv(server, tmp_path):
     from client.loadtest import run
 
+    libs = _tmp_leftovers("mochi-pa-libs-*")
     rows = run(server.grpc_url, concurrency="1:2", requests=3, csv_path=tmp_path / "perf.csv")
+    assert _tmp_leftovers("mochi-pa-libs-*") <= libs  # its library links are removed after the run
     rows.sort(key=lambda r: int(r["Concurrency"]))  # perf_analyzer orders its CSV by throughput
     assert [int(r["Concurrency"]) for r in rows] == [1, 2]
     for r in rows:
@@ -199,12 +201,21 @@ def test_python_load_driver_writes_the_same_csv_columns(server, tmp_path):
         assert int(r["p50 latency"]) > 0 and int(r["p99 latency"]) >= int(r["p50 latency"])
 
 
+def _tmp_leftovers(pattern: str) -> set[str]:
+    import glob
+    import tempfile
+
+    return set(glob.glob(str(Path(tempfile.gettempdir()) / pattern)))
+
+
 def test_make_demo_writes_the_mp4(tmp_path):
+    work_dirs = _tmp_leftovers("mochi-triton-*")
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py")], capture_output=True, text=True,
                           timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = Path(proc.stdout.strip().splitlines()[-1])
     assert path.is_file() and probe_mp4(path)[:3] == (19, 96, 160)
+    assert _tmp_leftovers("mochi-triton-*") <= work_dirs  # the server's work dir went with it
 
 
 def test_killed_dit_worker_fails_the_request_then_the_group_respawns(server, grpc):
@@ -260,7 +271,7 @@ def test_request_timeout_ends_a_waiting_request_with_a_clear_error(server, grpc)
 
     def long_request():
         try:
-            grpc.generate("busy", frames=13, height=48, width=80, steps=40, seed=2)
+            grpc.generate("busy", frames=31, height=64, width=96, steps=60, seed=2)
         finally:
             done.set()
 

@@ -34,7 +34,8 @@ from . import adapters as A
 from .dit_engine import UNKNOWN_STEP
 
 POLL_TIMEOUT_S = 10.0  # mochi_dit answers a progress poll within ~2 s; none in this long: it is gone
-ARRIVAL_S = 30.0  # how long a DiT request may take to reach mochi_dit's engine before its absence means it was lost
+ARRIVAL_S = 30.0
+ANSWER_GRACE_S = 5.0  # after a failed poll, how long the DiT's own answer (e.g. "shutting down") may take  # how long a DiT request may take to reach mochi_dit's engine before its absence means it was lost
 
 StepCallback = Callable[[int, int, float], None]
 
@@ -113,7 +114,8 @@ class Orchestrator:
         while not pending.done():
             try:
                 step, total, elapsed = self._progress(gen_id, sent)
-            except Exception as e:  # the poll beside a running generation fails only when mochi_dit is gone
+            except Exception as e:  # the poll beside a running generation fails only when mochi_dit is gone,
+                pending.wait(ANSWER_GRACE_S)  # or the server is going down: its answer may be on its way
                 if pending.done():
                     break
                 raise A.Unavailable(f"mochi_dit stopped answering during this generation ({A.short(e)}); its "

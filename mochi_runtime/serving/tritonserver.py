@@ -76,7 +76,8 @@ ADMIN_HEADER = "mochi-admin-key"
 HEALTH_POLL_S = 5.0  # how often the supervisor asks mochi_dit whether a worker group can generate
 RETRY_LOAD_S = 10.0  # a model whose load failed is tried again after this
 RESTART_WINDOW_S = 600.0
-STALE_EXIT_S = 3.0
+STALE_EXIT_S = 5.0
+ORCHESTRATORS = {"mochi", "mochi_stream"}  # the models that call others over BLS
 RESTRICTED_APIS = "model-repository,trace,logging"  # what changes the server's state; inference stays open
 
 
@@ -475,24 +476,28 @@ class TritonServer:
         return rc
 
     def _wait_for_exit(self, timeout: float) -> int:
-        """tritonserver's exit after SIGTERM. Every model's stub finalizes and exits; tritonserver then exits too,
-        unless it still counts a request that a stub which died earlier never answered (Triton 2.51 keeps such a
-        dead instance alive and waits out --exit-timeout-secs, then exits 1 without unloading). Once every stub
-        is gone for STALE_EXIT_S, nothing is left to finalize: the group is stopped and the stop counts as clean."""
+        """tritonserver's exit after SIGTERM. Every model's stub finalizes and exits; tritonserver then exits too.
+
+        Not after a stub died with requests in it: Triton 2.51 never answers those, keeps the dead instance
+        alive, and the orchestrators that sent them (`mochi`, `mochi_stream`) cannot finish either; tritonserver
+        then waits out --exit-timeout-secs and exits 1 without unloading. So once a stub has died in this run,
+        when only orchestrator stubs are left and none has exited for STALE_EXIT_S, they are the ones held by
+        the dead one's requests: the group is stopped and the stop counts as clean (every other model has
+        finalized; the orchestrators hold no state)."""
         assert self.proc is not None
-        deadline, stubs_gone = time.monotonic() + timeout, None
+        deadline, last_change, stubs = time.monotonic() + timeout, time.monotonic(), None
         while time.monotonic() < deadline:
             try:
                 return self.proc.wait(0.2)
             except subprocess.TimeoutExpired:
                 pass
-            if self.stub_pids():
-                stubs_gone = None
-            elif stubs_gone is None:
-                stubs_gone = time.monotonic()
-            elif time.monotonic() - stubs_gone > STALE_EXIT_S:
-                log.warning("every model has finalized, but tritonserver still waits for a request that a stub "
-                            "which died earlier never answered; stopping it")
+            now_stubs = self.stub_pids()
+            if now_stubs != stubs:
+                stubs, last_change = now_stubs, time.monotonic()
+            elif (self.stub_reloads and set(stubs) <= ORCHESTRATORS
+                  and time.monotonic() - last_change > STALE_EXIT_S):
+                log.warning("tritonserver still waits for requests that a stub which died earlier never answered "
+                            "(models held: %s); every other model has finalized: stopping it", sorted(stubs))
                 self.kill_group()
                 self.proc.wait(10)
                 return 0
