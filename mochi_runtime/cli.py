@@ -44,9 +44,10 @@ def prepare_generation(a: argparse.Namespace) -> Prepared:
     layout asks for one, load the pipeline. Shared with `bench pipeline`, which runs it under budgets on a GPU."""
     from .memory import cap_gpu_memory
     from .parallel import GroupSpec, Layout, LayoutError, WorkerGroup
-    from .pipeline import MochiPipeline, resolve_device
+    from .pipeline import MochiPipeline
+    from .loading.loaders import resolve_device
     from .validation import Limits, validate
-    from .vae_tiling import TilePlan
+    from .models.vae_tiling import TilePlan
 
     if a.gpu_memory_budget_gib:  # fewer stranded blocks under a cap (read when CUDA's allocator starts)
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -129,8 +130,8 @@ def plan_for_budget_from_args(a: argparse.Namespace, layout, request):
     import torch
 
     from .memory import DiTMemoryModel, plan_pipeline
-    from .pipeline import open_model_dir, resolve_device, resolve_dtype
-    from .vae import VAEDecoder
+    from .loading.loaders import open_model_dir, resolve_device, resolve_dtype
+    from .models.vae import VAEDecoder
 
     md = open_model_dir(a.model_dir)
     gpu = bool(a.gpus) or resolve_device(a.device).type == "cuda"
@@ -144,7 +145,7 @@ def plan_for_budget_from_args(a: argparse.Namespace, layout, request):
 
 
 def cmd_write_tiny(a: argparse.Namespace) -> int:
-    from .tiny import write_tiny_checkpoint
+    from .loading.tiny import write_tiny_checkpoint
 
     print(write_tiny_checkpoint(a.out, a.layout))
     return 0

@@ -10,7 +10,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from .text_encoder import TextEmbedding
+from .models.text_encoder import TextEmbedding
 
 
 def linear_quadratic_schedule(steps: int, threshold_noise: float = 0.025) -> list[float]:

@@ -21,14 +21,14 @@ def _embedded_dir(tmp_path_factory) -> None:
 
 @pytest.fixture(scope="session")
 def official_dir(tmp_path_factory) -> Path:
-    from mochi_runtime.tiny import write_tiny_checkpoint
+    from mochi_runtime.loading.tiny import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("official"), "official")
 
 
 @pytest.fixture(scope="session")
 def diffusers_dir(tmp_path_factory) -> Path:
-    from mochi_runtime.tiny import write_tiny_checkpoint
+    from mochi_runtime.loading.tiny import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("diffusers"), "diffusers")
 

@@ -33,11 +33,11 @@ class ForwardAudit(TorchDispatchMode):
 
 
 def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_q) -> None:
-    from mochi_runtime.checkpoints import ModelDir
+    from mochi_runtime.loading.checkpoints import ModelDir
     from mochi_runtime.parallel.topology import ParallelGroups
     from mochi_runtime.parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
-    from mochi_runtime.pipeline import load_dit
-    from mochi_runtime.text_encoder import TextEmbedding
+    from mochi_runtime.loading.loaders import load_dit
+    from mochi_runtime.models.text_encoder import TextEmbedding
 
     from mochi_runtime.parallel.topology import join_loopback_group
 
@@ -99,8 +99,9 @@ def local_reference(model_dir: str, request, cond, uncond, n_threads: int):
     """The single-process sampler in a fresh process with `n_threads` CPU threads (a thread count lowered after
     start-up does not reach every kernel)."""
     torch.set_num_threads(n_threads)
-    from mochi_runtime.checkpoints import ModelDir
-    from mochi_runtime.pipeline import load_dit, run_sampler
+    from mochi_runtime.loading.checkpoints import ModelDir
+    from mochi_runtime.pipeline import run_sampler
+    from mochi_runtime.loading.loaders import load_dit
 
     dit = load_dit(ModelDir.open(model_dir), torch.device("cpu"), torch.float32)
     return run_sampler(dit, request, cond, uncond)
@@ -108,11 +109,11 @@ def local_reference(model_dir: str, request, cond, uncond, n_threads: int):
 
 def sharded_check(rank: int, world: int, layout, shard_over: str, port: int, model_dir: str, out_q) -> None:
     """Sharded (FSDP2) vs replicated weights on the same layout: outputs and per-rank parameter counts."""
-    from mochi_runtime.checkpoints import ModelDir
+    from mochi_runtime.loading.checkpoints import ModelDir
     from mochi_runtime.parallel.sharded import load_sharded_dit, local_parameter_count
     from mochi_runtime.parallel.topology import ParallelGroups, join_loopback_group
     from mochi_runtime.parallel.usp import SequenceParallelDiT
-    from mochi_runtime.pipeline import load_dit
+    from mochi_runtime.loading.loaders import load_dit
 
     torch.set_num_threads(threads())
     join_loopback_group(rank, world, port, gpu=False, timeout=timedelta(minutes=5))

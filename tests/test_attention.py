@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mochi_runtime.attention import LocalJointAttention, attend_with_lse, merge_partials
+from mochi_runtime.ops.attention import LocalJointAttention, attend_with_lse, merge_partials
 
 from numerics import assert_close
 
@@ -54,7 +54,7 @@ def test_lse_merge_equals_full_attention(kernel):
 
 
 def test_text_groups_are_computed_once_per_mask_and_selectors_are_views():
-    from mochi_runtime.attention import TextGroups
+    from mochi_runtime.ops.attention import TextGroups
 
     groups = TextGroups()
     mask = torch.zeros(3, 8, dtype=torch.bool)
@@ -75,7 +75,7 @@ def test_text_groups_are_computed_once_per_mask_and_selectors_are_views():
 
 
 def test_text_groups_of_non_contiguous_samples_use_an_index():
-    from mochi_runtime.attention import TextGroups, put_rows
+    from mochi_runtime.ops.attention import TextGroups, put_rows
 
     mask = torch.zeros(3, 4, dtype=torch.bool)
     mask[0, :2] = True
@@ -92,7 +92,7 @@ def test_text_groups_of_non_contiguous_samples_use_an_index():
 def test_joint_view_lets_attention_slice_instead_of_copy():
     """Q/K/V written as one visual+text buffer: the attention uses a view of it, and the result is the same
     as with separate tensors (which take the concatenating path)."""
-    from mochi_runtime.attention import joint_view
+    from mochi_runtime.ops.attention import joint_view
 
     g = torch.Generator().manual_seed(1)
     b, h, n, l, d = 2, 4, 24, 8, 16

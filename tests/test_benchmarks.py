@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +16,10 @@ import torch
 
 from client.loadtest import closed_loop
 from numerics import Error, check
-from mochi_runtime.bench.serving import Deployment, step_intervals
-from mochi_runtime.bench.step import categorise, step_flops
-from mochi_runtime.config import get_preset
-from mochi_runtime.dit import AsymmDiT
+from benchmarks.serving import Deployment, step_intervals
+from benchmarks.step import categorise, step_flops
+from mochi_runtime.models.config import get_preset
+from mochi_runtime.models.dit import AsymmDiT
 
 
 def test_step_flops_match_the_published_per_sample_counts():
@@ -38,7 +40,7 @@ def test_step_flops_match_the_published_per_sample_counts():
     ("triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0", "pointwise (triton)"),
     ("void at::native::(anonymous namespace)::CatArrayBatchedCopy<int>", "copies"),
     ("ncclDevKernel_SendRecv", "communication"),
-    ("qk_norm_rope_kernel", "pointwise (triton)"),  # mochi_runtime/qk_rope.py's pass
+    ("qk_norm_rope_kernel", "pointwise (triton)"),  # mochi_runtime/ops/qk_rope.py's pass
     ("triton_tem_fused_addmm_mul_0", "matmul"),  # inductor's GEMM template with its epilogue (max_autotune)
 ])
 def test_kernel_names_fall_into_their_categories(name, category):
@@ -50,7 +52,7 @@ def test_idle_gaps_sum_the_time_between_kernels_and_name_what_the_gpu_waited_for
 
     from torch.autograd import DeviceType
 
-    from mochi_runtime.bench.step import idle_gaps
+    from benchmarks.step import idle_gaps
 
     def kernel(start, end, name, device=DeviceType.CUDA):
         return SimpleNamespace(time_range=SimpleNamespace(start=start, end=end), name=name, device_type=device)
@@ -97,7 +99,7 @@ def test_deployment_spec_and_step_intervals():
 def test_serving_benchmark_on_cpu_matches_the_in_process_runtime(tmp_path, official_dir, monkeypatch):
     """The GPU benchmark's own code path, run on the tiny checkpoint: a real server, the ensemble, the stream,
     mochi_dit's latents against WorkerGroup's, and the closed-loop load."""
-    from mochi_runtime.bench.serving import main
+    from benchmarks.serving import main
 
     out = tmp_path / "serving.json"
     monkeypatch.setattr(sys, "argv", ["serving"])
@@ -130,8 +132,8 @@ def test_client_encodes_the_mp4_itself_when_the_server_sends_none(tmp_path):
 def test_load_benchmark_writes_a_checkpoint_the_serving_loaders_read(tmp_path, monkeypatch):
     """bench load writes every part of a model directory (dit, decoder, T5 encoder, tokenizer) and loads each
     back in a fresh process through the serving path's loaders (tiny sizes here; mochi-1-preview on a GPU)."""
-    from mochi_runtime.bench.load import main
-    from mochi_runtime.checkpoints import ModelDir
+    from benchmarks.load import main
+    from mochi_runtime.loading.checkpoints import ModelDir
 
     out = tmp_path / "load.json"
     monkeypatch.setattr(sys, "argv", ["load"])
@@ -147,7 +149,7 @@ def test_load_benchmark_writes_a_checkpoint_the_serving_loaders_read(tmp_path, m
 def test_parallel_dit_benchmark_runs_shallow_models_for_error_growth(tmp_path, monkeypatch):
     """bench dit --layouts ... --depth N: the same harness as the GPU runs, on CPU processes with gloo (fp32:
     the sharded layout equals one process)."""
-    from mochi_runtime.bench.dit import main
+    from benchmarks.dit import main
 
     out = tmp_path / "dit.json"
     monkeypatch.setattr(sys, "argv", ["dit"])
@@ -187,7 +189,7 @@ def test_parallel_dit_benchmark_runs_shallow_models_for_error_growth(tmp_path, m
 
 @pytest.mark.parametrize("spec", ["ours:tm", "ours:c2", "xdit:tm", "theirs", "ours:"])
 def test_parallel_dit_benchmark_refuses_an_unknown_engine_before_starting_anything(spec):
-    from mochi_runtime.bench.dit import main
+    from benchmarks.dit import main
 
     with pytest.raises(SystemExit, match="--engines: .* not among ours, xdit"):
         main(["--preset", "tiny", "--layouts", "1x2x1", "--engines", f"ours,{spec}"])
@@ -195,7 +197,7 @@ def test_parallel_dit_benchmark_refuses_an_unknown_engine_before_starting_anythi
 
 @pytest.mark.parametrize("name", ["step", "vae"])
 def test_gpu_benchmarks_parse_the_arguments_their_scripts_pass(name, monkeypatch):
-    """The GPU-only benchmarks get as far as asking for a GPU with the flags scripts/gpu/ passes (an argparse
+    """The GPU-only benchmarks get as far as asking for a GPU with the flags docs/benchmarks.md gives (an argparse
     slip would otherwise surface only on a lent machine)."""
     import importlib
 
@@ -205,12 +207,12 @@ def test_gpu_benchmarks_parse_the_arguments_their_scripts_pass(name, monkeypatch
                     "--height", "480", "--width", "848", "--no-diffusers"]}[name]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a GPU"):
-        importlib.import_module(f"mochi_runtime.bench.{name}").main(argv)
+        importlib.import_module(f"benchmarks.{name}").main(argv)
 
 
 def test_environment_sets_settings_for_a_block_and_restores_them(monkeypatch):
-    """How the GPU scripts try NCCL settings in fresh processes: set for the block, then exactly as before."""
-    from mochi_runtime.bench.common import environment
+    """How a benchmark tries NCCL settings in fresh processes: set for the block, then exactly as before."""
+    from benchmarks.common import environment
 
     monkeypatch.setenv("NCCL_BUFFSIZE", "4194304")
     monkeypatch.delenv("NCCL_MIN_P2P_NCHANNELS", raising=False)
@@ -223,7 +225,7 @@ def test_environment_sets_settings_for_a_block_and_restores_them(monkeypatch):
 
 
 def test_chained_timing_runs_every_call_back_to_back_and_divides():
-    from mochi_runtime.bench.common import time_cuda_chained
+    from benchmarks.common import time_cuda_chained
 
     calls = []
 
@@ -242,7 +244,7 @@ def test_rows_to_rank0_puts_every_ranks_rows_on_the_queue_and_ends_the_group(mon
 
     import torch.distributed as dist
 
-    from mochi_runtime.bench.common import rows_to_rank0
+    from benchmarks.common import rows_to_rank0
     from mochi_runtime.parallel.topology import free_port, join_loopback_group
 
     port = free_port()
@@ -258,7 +260,7 @@ def test_rows_to_rank0_puts_every_ranks_rows_on_the_queue_and_ends_the_group(mon
 def test_collector_passes_are_recorded_with_their_generation():
     import gc
 
-    from mochi_runtime.bench.common import gc_pauses, gc_summary
+    from benchmarks.common import gc_pauses, gc_summary
 
     with gc_pauses() as pauses:
         gc.collect()
@@ -275,10 +277,35 @@ def test_pipeline_budget_runs_use_the_generate_commands_planner(tmp_path, offici
     """bench pipeline --budget-runs (on a GPU: full size under 24/48 GiB caps) runs `generate`'s own planner and
     pipeline in a fresh process per case: a case that fits generates every frame, one that cannot is refused by
     the planner with its reason (tiny model on CPU here)."""
-    from mochi_runtime.bench.pipeline import budget_runs
+    from benchmarks.pipeline import budget_runs
 
     ok, refused = budget_runs(str(official_dir), "fp32:2:13,fp32:0.01:13", 48, 80, 2)
     assert ok["fits"] and ok["frames_out"] == 13 and "fp32 DiT on one GPU" in ok["plan"], ok
     assert ok["estimate_gib"] > 0 and set(ok["stage_s"]) == {"text", "denoise", "decode"}
     assert not refused["fits"] and "memory budget" in refused["refused"], refused
 
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_plots_are_drawn_from_the_records(tmp_path):
+    """benchmarks/plots.py draws every figure docs/benchmarks.md shows, from the records alone."""
+    from benchmarks.plots import FIGURES, main
+
+    assert main(["--out", str(tmp_path)]) == 0
+    shown = set(re.findall(r"\(img/([\w.]+\.png)\)", (DOCS / "benchmarks.md").read_text()))
+    assert shown == set(FIGURES), (shown, set(FIGURES))
+    for name in FIGURES:
+        drawn = tmp_path / name
+        assert drawn.stat().st_size > 10_000, name  # a figure with axes, bars and labels, not an empty canvas
+        assert (DOCS / "img" / name).exists(), f"docs/img/{name}: run python -m benchmarks plots"
+
+
+def test_the_records_are_exactly_those_the_docs_cite():
+    """Every record a doc names exists in docs/bench/, and no record sits there that no doc names."""
+    texts = "".join(p.read_text() for p in [*DOCS.glob("*.md"), DOCS.parent / "README.md"])
+    cited = set(re.findall(r"\b([a-z0-9_]+\.json)\b", texts)) - {"out.json", "x.json"}
+    stored = {p.name for p in (DOCS / "bench").glob("*.json")}
+    assert cited - stored == set(), f"cited but missing: {sorted(cited - stored)}"
+    assert stored - cited == set(), f"stored but cited by no doc: {sorted(stored - cited)}"

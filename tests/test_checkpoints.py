@@ -7,8 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mochi_runtime.checkpoints import CheckpointError, ModelDir
-from mochi_runtime.pipeline import MochiPipeline, load_dit, load_vae
+from mochi_runtime.loading.checkpoints import CheckpointError, ModelDir
+from mochi_runtime.pipeline import MochiPipeline
+from mochi_runtime.loading.loaders import load_dit, load_vae
 
 CPU = torch.device("cpu")
 
@@ -73,7 +74,7 @@ def test_not_a_model_dir(tmp_path):
 
 
 def test_embedded_default_is_written_once_and_reused():
-    from mochi_runtime.tiny import embedded_model_dir
+    from mochi_runtime.loading.tiny import embedded_model_dir
 
     first = embedded_model_dir()
     mtime = (first / "dit.safetensors").stat().st_mtime_ns
@@ -86,8 +87,8 @@ def test_embedded_default_is_written_once_and_reused():
 @pytest.mark.parametrize("layout", ["official", "diffusers"])
 def test_row_reads_equal_slices_of_whole_tensors(layout, official_dir, diffusers_dir):
     """Sharded loading reads only a rank's rows; through every key-map rule they equal the whole tensor's rows."""
-    from mochi_runtime.checkpoints import caster, iter_expected, plan_reads, read_rows, read_tensor
-    from mochi_runtime.dit import AsymmDiT
+    from mochi_runtime.loading.checkpoints import caster, iter_expected, plan_reads, read_rows, read_tensor
+    from mochi_runtime.models.dit import AsymmDiT
     from mochi_runtime.parallel.sharded import shard_rows
 
     md = ModelDir.open(official_dir if layout == "official" else diffusers_dir)

@@ -54,8 +54,8 @@ def test_cli_parallel_vae_needs_a_group(tmp_path):
 
 
 def test_offloaded_text_encoder_gives_the_same_embeddings(official_dir):
-    from mochi_runtime.checkpoints import ModelDir
-    from mochi_runtime.pipeline import load_text_encoder
+    from mochi_runtime.loading.checkpoints import ModelDir
+    from mochi_runtime.loading.loaders import load_text_encoder
 
     md = ModelDir.open(official_dir)
     plain = load_text_encoder(md, "cpu")

@@ -44,8 +44,8 @@ def test_vae_decoder_trims_by_genmo_rule_unless_told_diffusers(tmp_path, trim):
     import tritonclient.grpc as grpcclient
 
     from client.api import infer_inputs
-    from mochi_runtime.pipeline import load_vae, open_model_dir
-    from mochi_runtime.vae import frames_to_uint8
+    from mochi_runtime.loading.loaders import load_vae, open_model_dir
+    from mochi_runtime.models.vae import frames_to_uint8
 
     z = torch.randn(1, 12, 3, 6, 10, generator=torch.Generator().manual_seed(4))
     vae = load_vae(open_model_dir(None), torch.device("cpu"), torch.float32)

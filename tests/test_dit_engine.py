@@ -10,7 +10,7 @@ import torch
 
 from mochi_runtime.parallel import GroupSpec, Layout, WorkerGroupError
 from mochi_runtime.serving.dit_engine import DiTEngine, Job
-from mochi_runtime.text_encoder import TextEmbedding
+from mochi_runtime.models.text_encoder import TextEmbedding
 from mochi_runtime.validation import GenerationRequest
 
 REQ = GenerationRequest("x", num_frames=7, height=32, width=32, steps=2)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from numerics import error
 
-from mochi_runtime.bench.dit import build_dit, cfg_inputs
-from mochi_runtime.fp8 import FP8, FP8_MAX, Fp8Linear, quantize_blocks_, weight_bytes
+from benchmarks.weights import build_dit, cfg_inputs
+from mochi_runtime.ops.fp8 import FP8, FP8_MAX, Fp8Linear, quantize_blocks_, weight_bytes
 
 
 def dequantized_reference(q: Fp8Linear, x: torch.Tensor) -> torch.Tensor:

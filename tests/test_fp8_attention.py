@@ -1,5 +1,5 @@
 """fp8 attention (`--attention fp8`): refusals where it cannot run, and the scaling scheme's error on a model of
-the cuDNN graph. The kernel itself runs on Hopper GPUs only (scripts/gpu/fp8_attention_1gpu.sh)."""
+the cuDNN graph. The kernel itself runs on Hopper GPUs only (`python -m benchmarks step --fp8-attention` on an H100)."""
 from __future__ import annotations
 
 import math
@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from mochi_runtime.attention import attend, resolve_kernel
-from mochi_runtime.checkpoints import ModelDir
-from mochi_runtime.fp8_attention import E4M3_MAX, CudnnFp8Attention, emulated_fp8_attention, quantize, tensor_scale
+from mochi_runtime.ops.attention import attend, resolve_kernel
+from mochi_runtime.loading.checkpoints import ModelDir
+from mochi_runtime.ops.fp8_attention import E4M3_MAX, CudnnFp8Attention, emulated_fp8_attention, quantize, tensor_scale
 from mochi_runtime.parallel import GroupSpec, Layout
-from mochi_runtime.pipeline import load_dit
+from mochi_runtime.loading.loaders import load_dit
 
 
 def _exact(q, k, v):

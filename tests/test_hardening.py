@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,9 +19,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from client import Cancelled, MochiClient
+from client import MochiClient
 from client.api import infer_inputs
-from mochi_runtime.config import get_preset
+from mochi_runtime.models.config import get_preset
 from triton_helpers import SMALL, control_inputs, dit_inputs, dit_workers, metric, running_server, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 from triton_helpers import control_inputs, dit_inputs, metric, running_server
 
 from client.api import infer_inputs
-from mochi_runtime.config import get_preset
+from mochi_runtime.models.config import get_preset
 
 FEAT = get_preset("tiny").dit.t5_feat_dim
 

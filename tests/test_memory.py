@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mochi_runtime.config import get_preset
+from mochi_runtime.models.config import get_preset
 from mochi_runtime.memory import DiTMemoryModel, choose_weights
 from mochi_runtime.parallel.topology import Layout
 from mochi_runtime.validation import GenerationRequest, RequestError
@@ -95,7 +95,7 @@ def test_pipeline_plan_prefers_speed_and_falls_back_to_shards_then_offload():
     import torch
 
     from mochi_runtime.memory import plan_pipeline
-    from mochi_runtime.vae import VAEDecoder
+    from mochi_runtime.models.vae import VAEDecoder
 
     with torch.device("meta"):
         vae = VAEDecoder(get_preset("mochi-1-preview").vae).to(torch.bfloat16)
@@ -116,7 +116,7 @@ def test_one_24gb_gpu_needs_the_fp8_dit_and_the_planner_says_so_in_words_of_one_
     import torch
 
     from mochi_runtime.memory import plan_pipeline
-    from mochi_runtime.vae import VAEDecoder
+    from mochi_runtime.models.vae import VAEDecoder
 
     with torch.device("meta"):
         vae = VAEDecoder(get_preset("mochi-1-preview").vae)

@@ -140,8 +140,8 @@ def test_exchange_sends_the_projections_buffer_as_it_is():
     (a view, no copy); three separate tensors are packed into the same layout."""
     import dataclasses
 
-    from mochi_runtime.config import DiTConfig
-    from mochi_runtime.dit import AsymmetricAttention
+    from mochi_runtime.models.config import DiTConfig
+    from mochi_runtime.models.dit import AsymmetricAttention
     from mochi_runtime.parallel.usp import interleaved_blocks
 
     cfg = dataclasses.replace(DiTConfig(), hidden_size_x=96, hidden_size_y=64, num_heads=4)
@@ -166,8 +166,8 @@ def test_compiled_projections_still_hand_over_one_buffer():
     still sends it without packing (a packing copy would cost each block what the one-message exchange saves)."""
     import dataclasses
 
-    from mochi_runtime.config import DiTConfig
-    from mochi_runtime.dit import AsymmetricJointBlock
+    from mochi_runtime.models.config import DiTConfig
+    from mochi_runtime.models.dit import AsymmetricJointBlock
     from mochi_runtime.parallel.usp import interleaved_blocks
 
     cfg = dataclasses.replace(DiTConfig(), hidden_size_x=96, hidden_size_y=64, num_heads=4)

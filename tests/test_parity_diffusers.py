@@ -6,9 +6,10 @@ import torch
 from conftest import text_batch
 from numerics import assert_close
 
-from mochi_runtime.checkpoints import ModelDir
-from mochi_runtime.pipeline import load_dit, load_vae, run_sampler
-from mochi_runtime.text_encoder import TextEmbedding
+from mochi_runtime.loading.checkpoints import ModelDir
+from mochi_runtime.pipeline import run_sampler
+from mochi_runtime.loading.loaders import load_dit, load_vae
+from mochi_runtime.models.text_encoder import TextEmbedding
 from mochi_runtime.validation import GenerationRequest
 
 CPU = torch.device("cpu")
@@ -24,7 +25,7 @@ def diffusers_vae(official_dir):
     """diffusers' VAE with our tiny decoder weights, converted by our key map (encoder left random)."""
     from diffusers import AutoencoderKLMochi
 
-    from mochi_runtime.checkpoints import to_diffusers, vae_key_map
+    from mochi_runtime.loading.checkpoints import to_diffusers, vae_key_map
 
     vae = load_vae(ModelDir.open(official_dir), CPU, torch.float32)
     cfg = vae.cfg

@@ -1,4 +1,4 @@
-"""The fused QK-norm + RoPE + layout pass (mochi_runtime/qk_rope.py) against the eager code it replaces.
+"""The fused QK-norm + RoPE + layout pass (mochi_runtime/ops/qk_rope.py) against the eager code it replaces.
 
 The kernel runs on a GPU with Triton; with Triton installed and TRITON_INTERPRET=1 it also runs on CPU in
 Triton's interpreter, in float16 (the interpreter rounds bfloat16 by truncation, a GPU to nearest). Neither
@@ -11,9 +11,9 @@ import os
 import pytest
 import torch
 
-from mochi_runtime import qk_rope
-from mochi_runtime.config import DiTConfig
-from mochi_runtime.dit import AsymmetricAttention
+from mochi_runtime.ops import qk_rope
+from mochi_runtime.models.config import DiTConfig
+from mochi_runtime.models.dit import AsymmetricAttention
 from mochi_runtime.parallel.usp import interleaved_blocks
 
 

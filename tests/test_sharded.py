@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 import torch.multiprocessing as mp
 
 from mochi_runtime.parallel import GroupSpec, Layout, WorkerGroup

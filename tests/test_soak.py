@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from client import MochiClient
-from mochi_runtime.tiny import embedded_model_dir
+from mochi_runtime.loading.tiny import embedded_model_dir
 from triton_helpers import running_server, shm_regions
 
 TINY = dict(frames=7, height=32, width=32, steps=2, guidance=4.5)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -263,7 +262,7 @@ def test_request_timeout_ends_a_waiting_request_with_a_clear_error(server, grpc)
     """A client timeout (Triton's per-request `timeout`) ends a request that waited too long in the DiT queue."""
     from triton_helpers import dit_inputs
 
-    from mochi_runtime.config import get_preset
+    from mochi_runtime.models.config import get_preset
 
     client = grpcclient.InferenceServerClient(server.grpc_url)
     feat_dim = get_preset("tiny").dit.t5_feat_dim  # the server runs the embedded tiny default

@@ -3,13 +3,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mochi_runtime.checkpoints import ModelDir
+from mochi_runtime.loading.checkpoints import ModelDir
 from mochi_runtime.parallel import GroupSpec, Layout, WorkerGroup
-from mochi_runtime.config import get_preset
-from mochi_runtime.pipeline import load_vae
-from mochi_runtime.vae import VAEDecoder
-from mochi_runtime.vae import frames_to_uint8
-from mochi_runtime.vae_tiling import TilePlan, decode_tiled, estimate_bytes, grid_plan, plan_for_budget, tiles_of
+from mochi_runtime.models.config import get_preset
+from mochi_runtime.loading.loaders import load_vae
+from mochi_runtime.models.vae import VAEDecoder
+from mochi_runtime.models.vae import frames_to_uint8
+from mochi_runtime.models.vae_tiling import TilePlan, decode_tiled, estimate_bytes, grid_plan, plan_for_budget, tiles_of
 
 from numerics import assert_close
 
@@ -124,7 +124,7 @@ def test_parallel_decode_equals_single_process_tiled_decode(vae, official_dir, w
 
 def test_piecewise_blend_equals_blending_whole_tiles_exactly(vae):
     """decode_tiled blends each streamed piece as it comes; the spread decode blends whole tiles: same frames."""
-    from mochi_runtime.vae_tiling import blend_tiles, decode_tile
+    from mochi_runtime.models.vae_tiling import blend_tiles, decode_tile
 
     z = torch.randn(1, vae.cfg.latent_channels, 5, 12, 16, generator=torch.Generator().manual_seed(3))
     plan = TilePlan(piece_elements=20_000, tile_h=8, tile_w=8, overlap=2, halo=1)
@@ -140,7 +140,7 @@ def test_piecewise_blend_equals_blending_whole_tiles_exactly(vae):
 
 
 def test_frames_to_uint8_converts_in_chunks_onto_the_requested_device():
-    from mochi_runtime.vae import frames_to_uint8
+    from mochi_runtime.models.vae import frames_to_uint8
 
     video = torch.rand(2, 3, 19, 8, 10) * 2.4 - 1.2  # some values outside [-1, 1]
     ref = (((video + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1)

@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mochi_runtime.checkpoints import ModelDir
-from mochi_runtime.pipeline import load_vae
-from mochi_runtime.vae import CausalConv3d, FrameGroupNorm, ResBlock, UpsampleBlock
+from mochi_runtime.loading.checkpoints import ModelDir
+from mochi_runtime.loading.loaders import load_vae
+from mochi_runtime.models.vae import CausalConv3d, FrameGroupNorm, ResBlock, UpsampleBlock
 
 from numerics import assert_close, error
 
@@ -123,7 +123,7 @@ def test_decoder_follows_genmo_rule_by_default_and_diffusers_rule_on_request(vae
 
 
 def test_trim_rule_is_checked():
-    from mochi_runtime.vae_tiling import TilePlan
+    from mochi_runtime.models.vae_tiling import TilePlan
 
     with pytest.raises(ValueError, match=r"trim must be one of \['genmo', 'end'\]"):
         TilePlan(trim="diffusers")

@@ -36,7 +36,7 @@ class WorkerGroup:
         if spec.devices is not None and len(spec.devices) != spec.layout.world:
             raise ValueError(f"{len(spec.devices)} devices given for {spec.layout.describe()}")
         if spec.model_dir is None:  # resolve (and write, once) the embedded default before the workers start
-            from ..tiny import embedded_model_dir
+            from ..loading.tiny import embedded_model_dir
 
             spec = dataclasses.replace(spec, model_dir=str(embedded_model_dir()))
         self.spec = spec
@@ -131,7 +131,7 @@ class WorkerGroup:
 
         Returns uint8 frames [1, F, H, W, 3]; equals `decode_tiled` with the same plan in one process.
         """
-        from ..vae_tiling import grid_plan
+        from ..models.vae_tiling import grid_plan
 
         if not self.alive():
             raise WorkerGroupError("DiT worker group is not running")

@@ -19,8 +19,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from ..checkpoints import ModelDir, caster, iter_expected, leftover_report, plan_reads, read_rows
-from ..dit import AsymmDiT
+from ..loading.checkpoints import ModelDir, caster, iter_expected, leftover_report, plan_reads, read_rows
+from ..models.dit import AsymmDiT
 
 def shard_rows(rows: int, rank: int, world: int) -> tuple[int, int]:
     """FSDP2's dim-0 split (torch.chunk's pieces): this rank's [start, stop); ranks past the last piece hold none."""

@@ -15,6 +15,14 @@ import torch
 import torch.distributed as dist
 
 
+ATTENTION_ENGINES = ("ours", "xdit")  # the joint attention's implementation: see usp.SequenceParallelDiT
+
+
+def engine_names() -> str:
+    """The engines as error messages list them: 'ours' or 'xdit'."""
+    return " or ".join(map(repr, ATTENTION_ENGINES))
+
+
 class LayoutError(ValueError):
     pass
 

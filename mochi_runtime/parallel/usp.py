@@ -28,12 +28,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..attention import LocalJointAttention, TextGroups, attend, attend_with_lse, merge_partials, put_rows
-from ..dit import AsymmDiT
+from ..ops.attention import LocalJointAttention, TextGroups, attend, attend_with_lse, merge_partials, put_rows
+from ..models.dit import AsymmDiT
 from ..sampler import cfg_combine
-from ..text_encoder import TextEmbedding
-from .topology import ParallelGroups
-from .worker import engine_names
+from ..models.text_encoder import TextEmbedding
+from .topology import ParallelGroups, engine_names
 
 
 def seq_to_heads(x: torch.Tensor, group, degree: int) -> torch.Tensor:

@@ -11,8 +11,8 @@ import math
 import torch
 import torch.distributed as dist
 
-from ..vae import VAEDecoder
-from ..vae_tiling import TilePlan, blend_tiles, decode_tile, decode_tiled, tiles_of
+from ..models.vae import VAEDecoder
+from ..models.vae_tiling import TilePlan, blend_tiles, decode_tile, decode_tiled, tiles_of
 
 
 @torch.inference_mode()

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable
 
+from .topology import ATTENTION_ENGINES, ParallelGroups, device_for_rank, engine_names, join_loopback_group
+
 log = logging.getLogger(__name__)
 
 
@@ -25,19 +27,11 @@ class Cancelled(Exception):
     """A generation was cancelled; raised on every rank at the same step."""
 
 
-ATTENTION_ENGINES = ("ours", "xdit")  # see usp.SequenceParallelDiT
-
-
-def engine_names() -> str:
-    """The engines as error messages list them: 'ours' or 'xdit'."""
-    return " or ".join(map(repr, ATTENTION_ENGINES))
-
-
 @dataclass(frozen=True)
 class GroupSpec:
     """What a worker group runs: layout, weights, devices and numerics."""
 
-    layout: Any  # topology.Layout (kept Any so this module imports without torch.distributed)
+    layout: Any  # topology.Layout
     model_dir: str | None = None
     devices: tuple[int, ...] | None = None  # GPU ids; None = CPU processes with gloo
     dtype: str = "auto"
@@ -90,7 +84,7 @@ class LazyVAE:
 
     def get(self):
         if self.vae is None:
-            from ..pipeline import load_vae, open_model_dir, resolve_dtype
+            from ..loading.loaders import load_vae, open_model_dir, resolve_dtype
 
             self.vae = load_vae(open_model_dir(self.spec.model_dir), self.device,
                                 resolve_dtype(self.spec.dtype, self.device))
@@ -99,7 +93,7 @@ class LazyVAE:
 
 def run_decode(vae, task: DecodeTask, device, rank: int):
     """This rank's share of the decode; rank 0 returns uint8 frames [1, F, H, W, 3] on CPU, others None."""
-    from ..vae import frames_to_uint8
+    from ..models.vae import frames_to_uint8
     from .vae_decode import decode_distributed
 
     video = decode_distributed(vae, task.latents.to(device), task.plan)
@@ -121,8 +115,7 @@ def build_model(spec: GroupSpec, local_rank: int):
     """Load this rank's DiT copy straight onto its device and wrap it for sequence parallelism."""
     import torch
 
-    from ..pipeline import load_dit, open_model_dir, prepare_dit, resolve_dtype
-    from .topology import ParallelGroups, device_for_rank
+    from ..loading.loaders import load_dit, open_model_dir, prepare_dit, resolve_dtype
     from .usp import SequenceParallelDiT
 
     groups = ParallelGroups(spec.layout)
@@ -186,7 +179,6 @@ def worker_main(rank: int, spec: GroupSpec, port: int, parent_pid: int, conn, ca
     import torch
     import torch.distributed as dist
 
-    from .topology import join_loopback_group
 
     torch.set_num_threads(spec.threads or max(1, (os.cpu_count() or 1) // spec.layout.world))
     try:

@@ -28,7 +28,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from ..attention import TextGroups, put_rows
+from ..ops.attention import TextGroups, put_rows
 from .topology import ParallelGroups
 
 
@@ -84,7 +84,7 @@ def _check_rank_order(groups: ParallelGroups, ps) -> None:
 
 
 class XDiTJointAttention:
-    """JointAttention (see mochi_runtime.attention) computed by xfuser's USP."""
+    """JointAttention (see mochi_runtime.ops.attention) computed by xfuser's USP."""
 
     def __init__(self, groups: ParallelGroups, kernel: str = "auto") -> None:
         self.groups = groups

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..parallel import Cancelled, GroupSpec, WorkerGroup, WorkerGroupError
-from ..text_encoder import TextEmbedding
+from ..models.text_encoder import TextEmbedding
 from ..validation import GenerationRequest
 from .adapters import QueueFull, RequestTimeout, ShuttingDown
 

@@ -15,11 +15,11 @@ import triton_python_backend_utils as pb_utils
 
 from mochi_runtime.memory import DiTMemoryModel, choose_weights
 from mochi_runtime.parallel import Cancelled, GroupSpec, Layout, LayoutError
-from mochi_runtime.pipeline import open_model_dir
+from mochi_runtime.loading.loaders import open_model_dir
 from mochi_runtime.serving import adapters as A
 from mochi_runtime.serving.dit_engine import DiTEngine, Job, load_warmup
 from mochi_runtime.serving.orchestrator import request_timeout_us
-from mochi_runtime.text_encoder import TextEmbedding
+from mochi_runtime.models.text_encoder import TextEmbedding
 from mochi_runtime.validation import GenerationRequest, RequestError, validate
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL

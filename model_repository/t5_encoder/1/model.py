@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from mochi_runtime.pipeline import load_text_encoder, open_model_dir
+from mochi_runtime.loading.loaders import load_text_encoder, open_model_dir
 from mochi_runtime.serving import adapters as A
 from mochi_runtime.serving.embedding_cache import EmbeddingCache
 from mochi_runtime.validation import validate_text

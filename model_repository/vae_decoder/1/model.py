@@ -5,11 +5,11 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from mochi_runtime.pipeline import load_vae, open_model_dir, resolve_dtype
+from mochi_runtime.loading.loaders import load_vae, open_model_dir, resolve_dtype
 from mochi_runtime.serving import adapters as A
 from mochi_runtime.validation import RequestError
-from mochi_runtime.vae import DEFAULT_TRIM, check_trim, frames_to_uint8
-from mochi_runtime.vae_tiling import TilePlan, decode_tiled, plan_for_budget
+from mochi_runtime.models.vae import DEFAULT_TRIM, check_trim, frames_to_uint8
+from mochi_runtime.models.vae_tiling import TilePlan, decode_tiled, plan_for_budget
 from mochi_runtime.video import mp4_bytes
 
 
