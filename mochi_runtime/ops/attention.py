@@ -76,14 +76,22 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str = "aut
     return F.scaled_dot_product_attention(q, k, v)
 
 
+KERNELS_WITHOUT_LSE = ("fp8",)  # forward-only kernels (cuDNN's fp8 attention returns no log-sum-exp)
+
+
+def check_ring_kernel(kernel: str, ring: int) -> None:
+    """Ring attention merges partial results by their log-sum-exp, so ring > 1 needs a kernel that returns it."""
+    if ring > 1 and kernel in KERNELS_WITHOUT_LSE:
+        raise ValueError(f"attention {kernel!r} returns no log-sum-exp, which ring layouts merge by: use ring 1 "
+                         "(ulysses / cfg-parallel) or a bf16 kernel (auto, cudnn, flash, efficient)")
+
+
 def attend_with_lse(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention returning (out [B,H,S,D], lse [B,H,S] in fp32)."""
     kernel = resolve_kernel(kernel, q.device)
-    if kernel == "fp8":
-        raise ValueError("attention kernel 'fp8' returns no log-sum-exp, which ring layouts merge by: use cudnn, "
-                         "flash or efficient with --ring > 1")
+    check_ring_kernel(kernel, ring=2)  # this call exists for the ring's merge
     scale = 1.0 / math.sqrt(q.shape[-1])
     if q.is_cuda and kernel == "flash_attn":
         from flash_attn import flash_attn_func  # type: ignore

@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..ops.attention import LocalJointAttention, TextGroups, attend, attend_with_lse, merge_partials, put_rows
+from ..ops.attention import (LocalJointAttention, TextGroups, attend, attend_with_lse, check_ring_kernel,
+                             merge_partials, put_rows)
 from ..models.dit import AsymmDiT
 from ..sampler import cfg_combine
 from ..models.text_encoder import TextEmbedding
@@ -97,9 +98,7 @@ class USPJointAttention:
         # with packing copies at 49 frames on 4x H200, 2026-11-27); ring layouts take the general path.
         U = groups.layout.ulysses
         self.visual_split = U if U > 1 and groups.layout.ring == 1 else None
-        if kernel == "fp8" and groups.layout.ring > 1:
-            raise ValueError("attention kernel 'fp8' returns no log-sum-exp, which ring layouts merge by: use ring 1 "
-                             "(ulysses / cfg-parallel) or a bf16 kernel")
+        check_ring_kernel(kernel, groups.layout.ring)
         self.groups = groups
         self.kernel = kernel
         # No sequence parallelism (one GPU, or CFG-parallel alone): the single-process attention, which takes

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable
 
+from ..ops.attention import check_ring_kernel
 from .topology import ATTENTION_ENGINES, ParallelGroups, device_for_rank, engine_names, join_loopback_group
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,7 @@ class GroupSpec:
         if self.attention == "fp8" and not self.devices:
             raise ValueError("attention fp8 runs on GPUs only (cuDNN's fp8 flash attention): give the group GPU "
                              "devices or use attention=auto")
-        if self.attention == "fp8" and self.layout.ring > 1:
-            raise ValueError("attention fp8 returns no log-sum-exp, which ring layouts merge by: use ring 1")
+        check_ring_kernel(self.attention, self.layout.ring)  # refused at load, before any worker starts
         if self.attention_engine == "xdit" and not self.devices:
             raise ValueError("attention_engine=xdit runs on GPUs only (xfuser does not import without one): "
                              "give the group GPU devices or use attention_engine=ours")
