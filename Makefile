@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv test demo serve clean-venv
+.PHONY: venv test test-fast demo serve clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The inner loop: one-process tests only (no server, no process group, nothing marked slow).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests/unit -m "not slow" $(PYTEST_ARGS)
 
 # Real tritonserver on the embedded tiny model, one prompt through the client, mp4 path printed last.
 demo: $(STAMP)

@@ -11,10 +11,11 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from mochi_runtime.parallel.topology import Layout, ParallelGroups, free_port, join_loopback_group
+from mochi_runtime.parallel.bootstrap import joined
+from mochi_runtime.parallel.topology import Layout, ParallelGroups, free_port
 from mochi_runtime.parallel.sharded import local_parameter_count
 from mochi_runtime.parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
-from mochi_runtime.models.text_encoder import TextEmbedding
+from mochi_runtime.models.text_encoder import CFGText
 from .common import gc_pauses, gc_summary, run_ranks, time_cuda, time_cuda_chained
 from .weights import build_dit, cfg_inputs
 
@@ -30,8 +31,7 @@ def fp32_velocity(dit, groups: ParallelGroups, y: torch.Tensor, mask: torch.Tens
     try:
         with torch.inference_mode():
             model = SequenceParallelDiT(ref, groups, kernel)
-            uncond, cond = TextEmbedding(y[:1].float(), mask[:1]), TextEmbedding(y[1:].float(), mask[1:])
-            return ParallelCFGVelocity(model, cond, uncond, 4.5)(z, 0.7)
+            return ParallelCFGVelocity(model, CFGText.from_stacked(y.float(), mask), 4.5)(z, 0.7)
     finally:
         torch.backends.cudnn.allow_tf32 = conv_tf32
         del ref
@@ -41,9 +41,7 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
     gpu = torch.cuda.is_available()
     if not gpu:  # CPU smoke runs (tiny preset) with gloo
         torch.set_num_threads(1)
-    join_loopback_group(rank, layout.world, port, gpu, timedelta(minutes=20))
-    try:
-        groups = ParallelGroups(layout)
+    with joined(layout, gpu, rank, port, timedelta(minutes=20)) as groups:
         dev = torch.device("cuda", rank) if gpu else torch.device("cpu")
         dtype = torch.bfloat16 if gpu else torch.float32
         if gpu and opts.get("budget_gib"):
@@ -62,8 +60,7 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
             if gpu:
                 torch.cuda.empty_cache()
         model = SequenceParallelDiT(dit, groups, opts["attention"], opts.get("engine", "ours"))
-        uncond, cond = TextEmbedding(y[:1], mask[:1]), TextEmbedding(y[1:], mask[1:])
-        velocity = ParallelCFGVelocity(model, cond, uncond, 4.5)
+        velocity = ParallelCFGVelocity(model, CFGText.from_stacked(y, mask), 4.5)
         z = x[:1].float()
         error, v_eager = None, None
         try:
@@ -112,8 +109,6 @@ def _rank_main(rank: int, layout: Layout, port: int, opts: dict, out_q) -> None:
                            "v": v.float().cpu().numpy(), "profile": profile, "v_fp32": v_fp32,
                            "v_eager": (v if v_eager is None else v_eager).float().cpu().numpy()})
         dist.barrier(group=groups.control)
-    finally:
-        dist.destroy_process_group()
 
 
 def run_layout(layout: Layout, opts: dict) -> dict:

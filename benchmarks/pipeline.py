@@ -29,9 +29,10 @@ import torch
 import torch.distributed as dist
 
 from mochi_runtime.models.config import get_preset
-from mochi_runtime.parallel.topology import Layout, ParallelGroups, free_port, join_loopback_group
+from mochi_runtime.parallel.bootstrap import joined
+from mochi_runtime.parallel.topology import Layout, free_port
 from mochi_runtime.sampler import euler_sample, initial_noise, linear_quadratic_schedule
-from mochi_runtime.models.text_encoder import TextEmbedding
+from mochi_runtime.models.text_encoder import CFGText
 from .common import print_table, run_ranks, write_record
 from .weights import build_dit, build_t5
 
@@ -40,20 +41,20 @@ def _gib(x: float) -> float:
     return round(x / 2**30, 2)
 
 
-def _t5_embeddings(device, tokens: int = 256, preset: str = "mochi-1-preview") -> tuple[TextEmbedding, TextEmbedding]:
+def _t5_embeddings(device, tokens: int = 256, preset: str = "mochi-1-preview") -> CFGText:
     """Random full-size T5-XXL encoder on `device`, two prompts encoded, the model freed again."""
     c = get_preset(preset).t5
     t5 = build_t5(preset, device, torch.bfloat16)
     ids = torch.randint(0, c.vocab_size, (2, tokens), device=device, generator=torch.Generator(device).manual_seed(0))
     mask = torch.zeros(2, tokens, dtype=torch.bool, device=device)
-    mask[1, :64] = True  # uncond = empty prompt (no valid tokens), cond = 64 tokens
+    mask[CFGText.STACKED.index("cond"), :64] = True  # the negative prompt is empty (no valid tokens)
     with torch.inference_mode():
         feats = t5(input_ids=ids, attention_mask=mask.long()).last_hidden_state.float()
     del t5
     gc.collect()
     torch.cuda.empty_cache()
     feats = torch.nan_to_num(feats).masked_fill(~mask[..., None], 0.0).cpu()  # random bf16 T5 may overflow
-    return TextEmbedding(feats[1:], mask[1:].cpu()), TextEmbedding(feats[:1], mask[:1].cpu())
+    return CFGText.from_stacked(feats, mask.cpu())
 
 
 def _rank_main(rank: int, opts: dict, port: int, out_q) -> None:
@@ -63,55 +64,53 @@ def _rank_main(rank: int, opts: dict, port: int, out_q) -> None:
     from .vae import build_vae
 
     layout = Layout.parse(opts["layout"])
-    join_loopback_group(rank, layout.world, port, True, timedelta(minutes=20))
-    dev = torch.device("cuda", rank)
-    total = torch.cuda.get_device_properties(dev).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, opts["budget_gib"] * 2**30 / total), dev)
-    stages: dict[str, float] = {}
-    error = None
-    t0 = time.perf_counter()
-    try:
-        groups = ParallelGroups(layout)
-        box = [None]
+    with joined(layout, True, rank, port, timedelta(minutes=20)) as groups:
+        dev = torch.device("cuda", rank)
+        total = torch.cuda.get_device_properties(dev).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, opts["budget_gib"] * 2**30 / total), dev)
+        stages: dict[str, float] = {}
+        error = None
+        t0 = time.perf_counter()
+        try:
+            box = [None]
+            if rank == 0:
+                box = [_t5_embeddings(dev)]
+            stages["t5_peak"] = _gib(torch.cuda.max_memory_allocated(dev))
+            dist.broadcast_object_list(box, src=0, group=groups.control)
+            text = box[0]
+            torch.cuda.reset_peak_memory_stats(dev)
+            shard = {"replicated": None, "sharded": dist.group.WORLD, "sharded-sp": groups.sp_group}[opts["weights"]]
+            dit = build_dit("mochi-1-preview", dev, torch.bfloat16, shard_group=shard)
+            dit.compile_blocks()
+            model = SequenceParallelDiT(dit, groups, "auto")
+            velocity = ParallelCFGVelocity(model, text.to(dev), 4.5)
+            t = (opts["frames"] - 1) // 6 + 1
+            z = initial_noise(0, (1, 12, t, opts["height"] // 8, opts["width"] // 8)).to(dev)
+            with torch.inference_mode():
+                latents = euler_sample(velocity, z, linear_quadratic_schedule(opts["steps"]))
+            stages["dit_peak"] = _gib(torch.cuda.max_memory_allocated(dev))
+            del velocity, model, dit
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+            vae = build_vae("mochi-1-preview", dev, torch.bfloat16)
+            with torch.inference_mode():
+                if opts["spread_vae"]:
+                    video = decode_distributed(vae, latents, grid_plan(tuple(latents.shape[-2:]), layout.world))
+                else:
+                    video = decode_tiled(vae, latents, TilePlan()) if rank == 0 else None
+            if video is not None:
+                stages["frames"] = int(video.shape[2])
+            stages["vae_peak"] = _gib(torch.cuda.max_memory_allocated(dev))
+            torch.cuda.synchronize(dev)
+        except torch.OutOfMemoryError as e:
+            error = f"out of memory: {str(e).splitlines()[0]}"
+        stages["seconds"] = round(time.perf_counter() - t0, 1)
+        everyone = [None] * layout.world
+        dist.all_gather_object(everyone, {"stages": stages, "error": error})
         if rank == 0:
-            box = [_t5_embeddings(dev)]
-        stages["t5_peak"] = _gib(torch.cuda.max_memory_allocated(dev))
-        dist.broadcast_object_list(box, src=0, group=groups.control)
-        cond, uncond = box[0]
-        torch.cuda.reset_peak_memory_stats(dev)
-        shard = {"replicated": None, "sharded": dist.group.WORLD, "sharded-sp": groups.sp_group}[opts["weights"]]
-        dit = build_dit("mochi-1-preview", dev, torch.bfloat16, shard_group=shard)
-        dit.compile_blocks()
-        model = SequenceParallelDiT(dit, groups, "auto")
-        velocity = ParallelCFGVelocity(model, cond.to(dev), uncond.to(dev), 4.5)
-        t = (opts["frames"] - 1) // 6 + 1
-        z = initial_noise(0, (1, 12, t, opts["height"] // 8, opts["width"] // 8)).to(dev)
-        with torch.inference_mode():
-            latents = euler_sample(velocity, z, linear_quadratic_schedule(opts["steps"]))
-        stages["dit_peak"] = _gib(torch.cuda.max_memory_allocated(dev))
-        del velocity, model, dit
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(dev)
-        vae = build_vae("mochi-1-preview", dev, torch.bfloat16)
-        with torch.inference_mode():
-            if opts["spread_vae"]:
-                video = decode_distributed(vae, latents, grid_plan(tuple(latents.shape[-2:]), layout.world))
-            else:
-                video = decode_tiled(vae, latents, TilePlan()) if rank == 0 else None
-        if video is not None:
-            stages["frames"] = int(video.shape[2])
-        stages["vae_peak"] = _gib(torch.cuda.max_memory_allocated(dev))
-        torch.cuda.synchronize(dev)
-    except torch.OutOfMemoryError as e:
-        error = f"out of memory: {str(e).splitlines()[0]}"
-    stages["seconds"] = round(time.perf_counter() - t0, 1)
-    everyone = [None] * layout.world
-    dist.all_gather_object(everyone, {"stages": stages, "error": error})
-    if rank == 0:
-        out_q.put(everyone)
-    dist.barrier()
-    dist.destroy_process_group()
+            out_q.put(everyone)
+        dist.barrier()
 
 
 def _budget_case(argv: list[str], out_q) -> None:

@@ -183,23 +183,23 @@ def in_process(dep: Deployment, a, embeds: np.ndarray, mask: np.ndarray, load_wa
     from mochi_runtime.parallel import GroupSpec, Layout, WorkerGroup
     from mochi_runtime.serving.adapters import switch
     from mochi_runtime.serving.dit_engine import load_warmup as server_warmup
-    from mochi_runtime.models.text_encoder import TextEmbedding
+    from mochi_runtime.models.text_encoder import CFGText
     from mochi_runtime.validation import GenerationRequest
 
     feats, m = torch.from_numpy(embeds.copy()), torch.from_numpy(mask.astype(np.bool_))
-    cond, uncond = TextEmbedding(feats[1:], m[1:]), TextEmbedding(feats[:1], m[:1])
+    text = CFGText.from_stacked(feats, m)
     with WorkerGroup(GroupSpec(Layout.parse(dep.layout), a.model_dir, dep.gpu_sets[0] or None,
                                compile=switch({"compile": a.compile}, "compile"))) as group:  # as mochi_dit reads it
         if load_warmup:
-            first, z = server_warmup(feats.shape[-1])
-            group.denoise(first, z, z)
+            first, warm_text = server_warmup(feats.shape[-1])
+            group.denoise(first, warm_text)
         warm = GenerationRequest("", num_frames=a.frames, height=a.height, width=a.width, steps=1,
                                  guidance=a.guidance, seed=a.seed)
-        group.denoise(warm, cond, uncond)
+        group.denoise(warm, text)
         stamps: list[float] = []
         req = dataclasses.replace(warm, steps=a.steps)
-        latents = group.denoise(req, cond, uncond, on_step=lambda s, n: stamps.append(time.perf_counter()))
-        again = group.denoise(req, cond, uncond)  # run-to-run spread of the same request on the same group
+        latents = group.denoise(req, text, on_step=lambda s, n: stamps.append(time.perf_counter()))
+        again = group.denoise(req, text)  # run-to-run spread of the same request on the same group
     gaps = step_intervals(stamps)
     return {"latents": latents.float().numpy(), "step_ms": round(1000 * statistics.median(gaps), 1),
             "step_ms_all": [round(1000 * g, 1) for g in gaps],

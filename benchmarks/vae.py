@@ -17,7 +17,8 @@ import torch.distributed as dist
 
 from mochi_runtime.loading.checkpoints import to_diffusers, vae_key_map
 from mochi_runtime.models.config import get_preset
-from mochi_runtime.parallel.topology import free_port, join_loopback_group
+from mochi_runtime.parallel.bootstrap import joined
+from mochi_runtime.parallel.topology import Layout, free_port
 from mochi_runtime.loading.tiny import init_random_
 from mochi_runtime.models.vae import VAEDecoder
 from mochi_runtime.models.vae_tiling import TilePlan, decode_tiled, estimate_bytes, grid_plan
@@ -74,8 +75,7 @@ def timed(fn, warmup: int, iters: int, device=None) -> tuple[float, float, objec
 def _rank_main(rank: int, world: int, port: int, opts: dict, out_q) -> None:
     from mochi_runtime.parallel.vae_decode import decode_distributed
 
-    join_loopback_group(rank, world, port, True, timedelta(minutes=20))
-    try:
+    with joined(Layout(1, world, 1), True, rank, port, timedelta(minutes=20)):  # the VAE uses the world group
         dev = torch.device("cuda", rank)
         vae = build_vae(opts["preset"], dev, torch.bfloat16)
         z = latents(vae.cfg, opts["frames"], opts["height"], opts["width"], dev)
@@ -96,8 +96,6 @@ def _rank_main(rank: int, world: int, port: int, opts: dict, out_q) -> None:
             tiles = f"{plan.tile_h or z.shape[-2]}x{plan.tile_w or z.shape[-1]}"
             out_q.put({"s": s, "peak_gib": peaks, "max_abs_vs_1gpu_tiled": err, "tiles": tiles})
         dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 def run_spread(world: int, opts: dict) -> dict:

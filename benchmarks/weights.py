@@ -10,6 +10,7 @@ from transformers import T5Config, T5EncoderModel
 from mochi_runtime.loading.tiny import init_random_, init_random_dit_
 from mochi_runtime.models.config import get_preset
 from mochi_runtime.models.dit import AsymmDiT
+from mochi_runtime.models.text_encoder import CFGText
 from mochi_runtime.parallel.sharded import shard_modules
 
 
@@ -19,7 +20,7 @@ def cfg_inputs(cfg, frames: int, height: int, width: int, cond_tokens: int, devi
     x = torch.randn(2, cfg.in_channels, t, height // 8, width // 8, generator=g, device=device, dtype=dtype)
     y = torch.randn(2, cfg.t5_token_length, cfg.t5_feat_dim, generator=g, device=device, dtype=dtype)
     mask = torch.zeros(2, cfg.t5_token_length, dtype=torch.bool, device=device)
-    mask[1, :cond_tokens] = True  # batch = [uncond (empty prompt), cond]
+    mask[CFGText.STACKED.index("cond"), :cond_tokens] = True  # the negative prompt is empty
     sigma = torch.full((2,), 0.7, device=device)
     return x, sigma, y, mask
 

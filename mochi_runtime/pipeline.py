@@ -18,7 +18,7 @@ import torch
 from .loading.loaders import check_text_width, load_dit, load_text_encoder, load_vae, open_model_dir, resolve_device, resolve_dtype
 from .models.dit import AsymmDiT
 from .sampler import CFGVelocity, StepCallback, euler_sample, initial_noise, linear_quadratic_schedule
-from .models.text_encoder import TextEmbedding, TextEncoder
+from .models.text_encoder import CFGText, TextEncoder
 from .timing import StageTimes
 from .validation import GenerationRequest, Limits, validate
 from .models.vae import VAEDecoder, frames_to_uint8
@@ -36,15 +36,21 @@ class GenerationResult:
 class Denoiser(Protocol):
     """Runs the whole sampling loop for one request and returns fp32 latents on CPU."""
 
-    def denoise(self, request: GenerationRequest, cond: TextEmbedding, uncond: TextEmbedding,
-                on_step: StepCallback | None = None) -> torch.Tensor: ...
+    def denoise(self, request: GenerationRequest, text: CFGText, on_step: StepCallback | None = None
+                ) -> torch.Tensor: ...
 
 
-def run_sampler(dit: AsymmDiT, request: GenerationRequest, cond: TextEmbedding, uncond: TextEmbedding,
-                on_step: StepCallback | None = None) -> torch.Tensor:
-    """Seeded noise -> Euler loop with CFG on one DiT; the reference every layout must reproduce."""
+def run_sampler(dit: AsymmDiT, request: GenerationRequest, text: CFGText, on_step: StepCallback | None = None
+                ) -> torch.Tensor:
+    """Seeded noise -> Euler loop with CFG on one DiT; the reference every layout must reproduce.
+
+    Args:
+        text: both branches' T5 embeddings, [1, 256, 4096] each at full size.
+    Returns:
+        fp32 latents [1, 12, T, H/8, W/8] on CPU (T = (frames - 1) / 6 + 1).
+    """
     device = next(dit.parameters()).device
-    velocity = CFGVelocity(dit, cond.to(device), uncond.to(device), request.guidance)
+    velocity = CFGVelocity(dit, text.to(device), request.guidance)
     z = initial_noise(request.seed, request.latent_shape).to(device)
     with torch.inference_mode():
         return euler_sample(velocity, z, linear_quadratic_schedule(request.steps), on_step).cpu()
@@ -54,8 +60,8 @@ class LocalDenoiser:
     def __init__(self, dit: AsymmDiT) -> None:
         self.dit = dit
 
-    def denoise(self, request, cond, uncond, on_step=None) -> torch.Tensor:
-        return run_sampler(self.dit, request, cond, uncond, on_step)
+    def denoise(self, request, text, on_step=None) -> torch.Tensor:
+        return run_sampler(self.dit, request, text, on_step)
 
 
 class MochiPipeline:
@@ -103,11 +109,8 @@ class MochiPipeline:
     def device(self) -> torch.device:
         return next(self.vae.parameters()).device
 
-    def encode_text(self, request: GenerationRequest) -> tuple[TextEmbedding, TextEmbedding]:
-        emb = self.text_encoder.encode([request.prompt, request.negative_prompt])
-        cond = TextEmbedding(emb.features[:1], emb.mask[:1])
-        uncond = TextEmbedding(emb.features[1:], emb.mask[1:])
-        return cond, uncond
+    def encode_text(self, request: GenerationRequest) -> CFGText:
+        return self.text_encoder.encode_cfg(request.prompt, request.negative_prompt)
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
@@ -125,9 +128,9 @@ class MochiPipeline:
         times = StageTimes()
         dev = self.device
         with times.stage("text", dev):
-            cond, uncond = self.encode_text(request)
+            text = self.encode_text(request)
         with times.stage("denoise", dev):
-            latents = self.denoiser.denoise(request, cond, uncond, on_step)
+            latents = self.denoiser.denoise(request, text, on_step)
         with times.stage("decode", dev):
             frames = self.decode(latents)
         assert frames.shape == (request.num_frames, request.height, request.width, 3), frames.shape

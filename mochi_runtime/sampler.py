@@ -10,7 +10,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from .models.text_encoder import TextEmbedding
+from .models.text_encoder import CFGText
 
 
 def linear_quadratic_schedule(steps: int, threshold_noise: float = 0.025) -> list[float]:
@@ -49,28 +49,27 @@ def cfg_combine(v_uncond: torch.Tensor, v_cond: torch.Tensor, guidance: float) -
     return v_uncond.float() + guidance * (v_cond.float() - v_uncond.float())
 
 
+def guide(both: torch.Tensor, guidance: float) -> torch.Tensor:
+    """The guided velocity from both branches' velocities, stacked as `CFGText.stacked()` ordered them."""
+    v_cond, v_uncond = CFGText.split(both)
+    return cfg_combine(v_uncond, v_cond, guidance)
+
+
 class CFGVelocity:
     """Runs a DiT on the conditional and unconditional branches as one batch of 2."""
 
-    def __init__(self, dit: torch.nn.Module, cond: TextEmbedding, uncond: TextEmbedding | None, guidance: float):
+    def __init__(self, dit: torch.nn.Module, text: CFGText, guidance: float):
         self.dit, self.guidance = dit, guidance
-        self.use_cfg = uncond is not None and guidance != 1.0
-        if self.use_cfg:
-            assert uncond is not None
-            self.feats = torch.cat([uncond.features, cond.features])
-            self.mask = torch.cat([uncond.mask, cond.mask])
-        else:
-            self.feats, self.mask = cond.features, cond.mask
+        self.use_cfg = guidance != 1.0  # guidance 1 is the prompt's branch alone
+        emb = text.stacked() if self.use_cfg else text.cond
+        self.feats, self.mask = emb.features, emb.mask
 
     def __call__(self, z: torch.Tensor, sigma: float) -> torch.Tensor:
         b = 2 if self.use_cfg else 1
         x = z.expand(b, *z.shape[1:]) if self.use_cfg else z
         s = torch.full((b,), sigma, dtype=torch.float32, device=z.device)
         v = self.dit(x, s, self.feats, self.mask).float()
-        if not self.use_cfg:
-            return v
-        v_uncond, v_cond = v.chunk(2)
-        return cfg_combine(v_uncond, v_cond, self.guidance)
+        return guide(v, self.guidance) if self.use_cfg else v
 
 
 StepCallback = Callable[[int, int], None]

@@ -10,6 +10,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+TIERS = ("unit", "parallel", "serving")  # tests/<tier>/: the folder is the marker
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in TIERS:
+            item.add_marker(tier)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _embedded_dir(tmp_path_factory) -> None:
     # Keep tests away from the user's cache; every test process shares one embedded copy.

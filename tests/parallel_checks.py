@@ -1,4 +1,4 @@
-"""Functions run inside real gloo worker processes by tests/test_parallel.py (must be importable)."""
+"""Functions run inside real gloo worker processes by tests/parallel/test_parallel.py (must be importable)."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -34,17 +34,14 @@ class ForwardAudit(TorchDispatchMode):
 
 def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_q) -> None:
     from mochi_runtime.loading.checkpoints import ModelDir
-    from mochi_runtime.parallel.topology import ParallelGroups
+    from mochi_runtime.parallel.bootstrap import joined
     from mochi_runtime.parallel.usp import ParallelCFGVelocity, SequenceParallelDiT
     from mochi_runtime.loading.loaders import load_dit
-    from mochi_runtime.models.text_encoder import TextEmbedding
-
-    from mochi_runtime.parallel.topology import join_loopback_group
+    from mochi_runtime.models.text_encoder import CFGText
 
     torch.set_num_threads(threads())
-    join_loopback_group(rank, world, port, gpu=False, timeout=timedelta(minutes=5))
-    try:
-        groups = ParallelGroups(layout)
+    assert layout.world == world
+    with joined(layout, False, rank, port, timedelta(minutes=5)) as groups:
         md = ModelDir.open(model_dir)
         ref_dit = load_dit(md, torch.device("cpu"), torch.float32)
         par = SequenceParallelDiT(load_dit(md, torch.device("cpu"), torch.float32), groups, "sdpa")
@@ -61,9 +58,9 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
         x = torch.randn(1, 12, 3, 10, 14, generator=g)
         feats = torch.randn(2, 256, ref_dit.cfg.t5_feat_dim, generator=g)
         mask = torch.zeros(2, 256, dtype=torch.bool)
-        mask[0, :6] = True  # uncond: 6 tokens; cond: 17 tokens
-        mask[1, :17] = True
-        uncond, cond = TextEmbedding(feats[:1], mask[:1]), TextEmbedding(feats[1:], mask[1:])
+        mask[CFGText.STACKED.index("uncond"), :6] = True  # uncond: 6 tokens; cond: 17 tokens
+        mask[CFGText.STACKED.index("cond"), :17] = True
+        text = CFGText.from_stacked(feats, mask)
         sigma = torch.tensor([0.8, 0.8])
         with torch.inference_mode():
             # Full forward, batch 2 with different text lengths, on the sp group.
@@ -82,8 +79,8 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
             # Guided velocity (exercises CFG-parallel when cfg=2).
             from mochi_runtime.sampler import CFGVelocity
 
-            v_ref = CFGVelocity(ref_dit, cond, uncond, 4.5)(x, 0.8)
-            v_par = ParallelCFGVelocity(par, cond, uncond, 4.5)(x, 0.8)
+            v_ref = CFGVelocity(ref_dit, text, 4.5)(x, 0.8)
+            v_par = ParallelCFGVelocity(par, text, 4.5)(x, 0.8)
             vel_err = error(v_par, v_ref)
         out_q.put({"rank": rank, "fwd_err": fwd_err, "vel_err": vel_err, "hole_err": hole_err, "qkv_cats": qkv_cats,
                    "token_major_calls": used["token_major"], "host_tensors": again.host_tensors})
@@ -91,11 +88,9 @@ def forward_check(rank: int, world: int, layout, port: int, model_dir: str, out_
         # destroyed its gloo group while a peer's transfer was still in flight aborted at exit once in CI
         # (2026-11-28, "terminate called without an active exception")
         dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
-def local_reference(model_dir: str, request, cond, uncond, n_threads: int):
+def local_reference(model_dir: str, request, text, n_threads: int):
     """The single-process sampler in a fresh process with `n_threads` CPU threads (a thread count lowered after
     start-up does not reach every kernel)."""
     torch.set_num_threads(n_threads)
@@ -104,21 +99,20 @@ def local_reference(model_dir: str, request, cond, uncond, n_threads: int):
     from mochi_runtime.loading.loaders import load_dit
 
     dit = load_dit(ModelDir.open(model_dir), torch.device("cpu"), torch.float32)
-    return run_sampler(dit, request, cond, uncond)
+    return run_sampler(dit, request, text)
 
 
 def sharded_check(rank: int, world: int, layout, shard_over: str, port: int, model_dir: str, out_q) -> None:
     """Sharded (FSDP2) vs replicated weights on the same layout: outputs and per-rank parameter counts."""
     from mochi_runtime.loading.checkpoints import ModelDir
     from mochi_runtime.parallel.sharded import load_sharded_dit, local_parameter_count
-    from mochi_runtime.parallel.topology import ParallelGroups, join_loopback_group
+    from mochi_runtime.parallel.bootstrap import joined
     from mochi_runtime.parallel.usp import SequenceParallelDiT
     from mochi_runtime.loading.loaders import load_dit
 
     torch.set_num_threads(threads())
-    join_loopback_group(rank, world, port, gpu=False, timeout=timedelta(minutes=5))
-    try:
-        groups = ParallelGroups(layout)
+    assert layout.world == world
+    with joined(layout, False, rank, port, timedelta(minutes=5)) as groups:
         md = ModelDir.open(model_dir)
         replicated = SequenceParallelDiT(load_dit(md, torch.device("cpu"), torch.float32), groups, "sdpa")
         over = dist.group.WORLD if shard_over == "world" else groups.sp_group
@@ -138,5 +132,3 @@ def sharded_check(rank: int, world: int, layout, shard_over: str, port: int, mod
         total = sum(p.numel() for p in replicated.dit.parameters())
         out_q.put((rank, error(b, a), float((b - c).abs().max()), local_parameter_count(sharded_dit), total))
         dist.barrier()  # see forward_check
-    finally:
-        dist.destroy_process_group()

@@ -32,6 +32,50 @@ class TextEmbedding:
         return TextEmbedding(self.features.to(device), self.mask.to(device))
 
 
+@dataclass(frozen=True)
+class CFGText:
+    """The two texts classifier-free guidance mixes: the prompt's embedding (`cond`) and the negative prompt's
+    (`uncond`), each [1, L, D] with mask [1, L].
+
+    Where both travel as one batch of 2 (Triton's TEXT_EMBEDS [2, L, D] / TEXT_MASK [2, L], the DiT's CFG
+    batch, the velocities it returns) the rows are in `STACKED` order, defined here and used through
+    `stacked`, `from_stacked` and `split` only.
+    """
+
+    cond: TextEmbedding
+    uncond: TextEmbedding
+    STACKED = ("uncond", "cond")  # row 0 the negative prompt, row 1 the prompt
+
+    def __post_init__(self) -> None:
+        assert self.cond.features.shape[0] == 1 and self.cond.features.shape == self.uncond.features.shape, (
+            f"cond {tuple(self.cond.features.shape)} / uncond {tuple(self.uncond.features.shape)}")
+
+    def to(self, device) -> "CFGText":
+        return CFGText(self.cond.to(device), self.uncond.to(device))
+
+    def branch(self, index: int) -> TextEmbedding:
+        """The `index`-th branch in stacked order (a CFG-parallel rank pair runs one branch each)."""
+        return getattr(self, self.STACKED[index])
+
+    def stacked(self) -> TextEmbedding:
+        """Both branches as one batch: features [2, L, D], mask [2, L]."""
+        rows = [self.branch(0), self.branch(1)]
+        return TextEmbedding(torch.cat([r.features for r in rows]), torch.cat([r.mask for r in rows]))
+
+    @classmethod
+    def from_stacked(cls, features: torch.Tensor, mask: torch.Tensor) -> "CFGText":
+        """From features [2, L, D] and mask [2, L] in stacked order."""
+        assert features.shape[0] == 2 and mask.shape == features.shape[:2], (tuple(features.shape), tuple(mask.shape))
+        rows = {name: TextEmbedding(features[i:i + 1], mask[i:i + 1]) for i, name in enumerate(cls.STACKED)}
+        return cls(**rows)
+
+    @classmethod
+    def split(cls, both: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of 2 computed from `stacked()` (e.g. the DiT's velocities) -> (cond, uncond) halves."""
+        rows = dict(zip(cls.STACKED, both.chunk(2)))
+        return rows["cond"], rows["uncond"]
+
+
 class TextEncoder:
     def __init__(
         self,
@@ -83,6 +127,12 @@ class TextEncoder:
     @property
     def feature_dim(self) -> int:
         return int(self.model.config.d_model)
+
+    def encode_cfg(self, prompt: str, negative_prompt: str) -> CFGText:
+        """Both CFG branches in one T5 pass: an empty negative prompt gives an all-zero, fully masked row."""
+        texts = {"cond": prompt, "uncond": negative_prompt}
+        emb = self.encode([texts[name] for name in CFGText.STACKED])
+        return CFGText.from_stacked(emb.features, emb.mask)
 
     @torch.inference_mode()
     def encode(self, prompts: list[str]) -> TextEmbedding:

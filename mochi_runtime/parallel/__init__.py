@@ -1,6 +1,7 @@
 """Multi-process DiT: topology, sequence-parallel attention, worker launcher."""
-from .launcher import WorkerGroup, WorkerGroupError
-from .topology import Layout, LayoutError
-from .worker import Cancelled, GroupSpec
+from ..errors import Cancelled, LayoutError, WorkerGroupError
+from .launcher import WorkerGroup
+from .topology import Layout
+from .worker import GroupSpec
 
 __all__ = ["WorkerGroup", "WorkerGroupError", "Layout", "LayoutError", "Cancelled", "GroupSpec"]

@@ -17,15 +17,12 @@ import time
 from typing import Callable
 
 from .topology import free_port
+from ..errors import WorkerGroupError
 from .worker import Cancelled, DecodeTask, GroupSpec, Task, worker_main
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
-
-
-class WorkerGroupError(RuntimeError):
-    """The worker group died or failed; it must be restarted."""
 
 
 class WorkerGroup:
@@ -102,13 +99,13 @@ class WorkerGroup:
         self.close(timeout=5)
         raise WorkerGroupError(f"DiT worker group is down: {why}")
 
-    def denoise(self, request, cond, uncond, on_step: Callable[[int, int], None] | None = None):
+    def denoise(self, request, text, on_step: Callable[[int, int], None] | None = None):
         """Run one request on the group. on_step(i, total) may raise Cancelled to stop it."""
         if not self.alive():
             raise WorkerGroupError("DiT worker group is not running")
         with self._lock:
             self._cancel.value = 0
-            self._conn.send(Task(request, cond.to("cpu"), uncond.to("cpu")))
+            self._conn.send(Task(request, text.to("cpu")))
             cancelled_by: BaseException | None = None
             while True:
                 kind, payload = self._wait()

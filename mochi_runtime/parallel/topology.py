@@ -14,6 +14,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ..errors import LayoutError
+
 
 ATTENTION_ENGINES = ("ours", "xdit")  # the joint attention's implementation: see usp.SequenceParallelDiT
 
@@ -21,10 +23,6 @@ ATTENTION_ENGINES = ("ours", "xdit")  # the joint attention's implementation: se
 def engine_names() -> str:
     """The engines as error messages list them: 'ours' or 'xdit'."""
     return " or ".join(map(repr, ATTENTION_ENGINES))
-
-
-class LayoutError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from ..cli import add_generation_args, request_from_args
 from ..validation import Limits, validate
+from .bootstrap import joined
 from .topology import Layout
 from .worker import GroupSpec, Task, broadcast_task, build_model, run_task
 
@@ -43,18 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.is_available()
     if gpu:
         torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if gpu else "gloo", timeout=timedelta(minutes=30))
     spec = GroupSpec(layout, a.model_dir, tuple(range(torch.cuda.device_count())) if gpu else None, a.dtype,
                      a.attention)
-    model, device = build_model(spec, local_rank)
+    with joined(layout, gpu) as groups:  # rank, world and rendezvous from torchrun
+        return _generate(a, spec, groups, request, rank, local_rank)
+
+
+def _generate(a, spec: GroupSpec, groups, request, rank: int, local_rank: int) -> int:
+    model, device = build_model(spec, groups, local_rank)
     pipe = None
     task = None
     if rank == 0:
         from ..pipeline import MochiPipeline
 
         pipe = MochiPipeline.from_dir(a.model_dir, device=device, dtype=a.dtype, denoiser=_NoDenoiser())
-        cond, uncond = pipe.encode_text(request)
-        task = Task(request, cond.to("cpu"), uncond.to("cpu"))
+        task = Task(request, pipe.encode_text(request).to("cpu"))
     task = broadcast_task(task, model.groups)
     latents = run_task(model, task, device, should_stop=lambda i, n: False)
     if rank == 0:
@@ -63,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         frames = pipe.decode(latents)
         encode_mp4(frames, a.out)
         print(os.path.abspath(a.out))
-    dist.barrier(group=model.groups.control)
-    dist.destroy_process_group()
+    dist.barrier(group=groups.control)
     return 0
 
 

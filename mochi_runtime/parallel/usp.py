@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from ..ops.attention import (LocalJointAttention, TextGroups, attend, attend_with_lse, check_ring_kernel,
                              merge_partials, put_rows)
 from ..models.dit import AsymmDiT
-from ..sampler import cfg_combine
-from ..models.text_encoder import TextEmbedding
+from ..sampler import guide
+from ..models.text_encoder import CFGText
 from .topology import ParallelGroups, engine_names
 
 
@@ -269,19 +269,18 @@ class ParallelCFGVelocity:
     The two branch velocities are combined after one all-gather over the CFG pair.
     """
 
-    def __init__(self, model: SequenceParallelDiT, cond: TextEmbedding, uncond: TextEmbedding, guidance: float):
+    def __init__(self, model: SequenceParallelDiT, text: CFGText, guidance: float):
         self.model, self.guidance = model, guidance
         g = model.groups
         # With guidance 1 there is no second branch: both CFG halves run the conditional one.
         self.cfg_parallel = g.layout.cfg == 2 and guidance != 1.0
         if self.cfg_parallel:
-            branch = uncond if g.cfg_index == 0 else cond
-            self.feats, self.mask = branch.features, branch.mask
+            emb = text.branch(g.cfg_index)  # the pair's ranks hold the branches in stacked order
         elif guidance != 1.0 and g.layout.cfg == 1:
-            self.feats = torch.cat([uncond.features, cond.features])
-            self.mask = torch.cat([uncond.mask, cond.mask])
+            emb = text.stacked()
         else:
-            self.feats, self.mask = cond.features, cond.mask
+            emb = text.cond
+        self.feats, self.mask = emb.features, emb.mask
 
     def __call__(self, z: torch.Tensor, sigma: float) -> torch.Tensor:
         b = self.feats.shape[0]
@@ -289,10 +288,6 @@ class ParallelCFGVelocity:
         v = self.model(z.expand(b, *z.shape[1:]), s, self.feats, self.mask).float()
         if self.cfg_parallel:
             both = torch.empty((2 * v.shape[0], *v.shape[1:]), dtype=v.dtype, device=v.device)
-            dist.all_gather_into_tensor(both, v.contiguous(), group=self.model.groups.cfg_group)
-            v_uncond, v_cond = both.chunk(2)
-            return cfg_combine(v_uncond, v_cond, self.guidance)
-        if b == 2:
-            v_uncond, v_cond = v.chunk(2)
-            return cfg_combine(v_uncond, v_cond, self.guidance)
-        return v
+            dist.all_gather_into_tensor(both, v.contiguous(), group=self.model.groups.cfg_group)  # by cfg_index
+            return guide(both, self.guidance)
+        return guide(v, self.guidance) if b == 2 else v

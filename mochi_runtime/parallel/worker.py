@@ -15,17 +15,14 @@ import signal
 import sys
 import traceback
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Callable
 
 from ..ops.attention import check_ring_kernel
-from .topology import ATTENTION_ENGINES, ParallelGroups, device_for_rank, engine_names, join_loopback_group
+from ..errors import Cancelled
+from .bootstrap import joined
+from .topology import ATTENTION_ENGINES, ParallelGroups, device_for_rank, engine_names
 
 log = logging.getLogger(__name__)
-
-
-class Cancelled(Exception):
-    """A generation was cancelled; raised on every rank at the same step."""
 
 
 @dataclass(frozen=True)
@@ -64,8 +61,7 @@ class GroupSpec:
 @dataclass(frozen=True)
 class Task:
     request: Any  # validation.GenerationRequest
-    cond: Any  # TextEmbedding on CPU
-    uncond: Any
+    text: Any  # models.text_encoder.CFGText, on CPU
 
 
 @dataclass(frozen=True)
@@ -111,14 +107,13 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def build_model(spec: GroupSpec, local_rank: int):
+def build_model(spec: GroupSpec, groups: ParallelGroups, local_rank: int):
     """Load this rank's DiT copy straight onto its device and wrap it for sequence parallelism."""
     import torch
 
     from ..loading.loaders import load_dit, open_model_dir, prepare_dit, resolve_dtype
     from .usp import SequenceParallelDiT
 
-    groups = ParallelGroups(spec.layout)
     device = device_for_rank(local_rank) if spec.devices else torch.device("cpu")
     md = open_model_dir(spec.model_dir)
     dtype = resolve_dtype(spec.dtype, device)
@@ -145,7 +140,7 @@ def run_task(model, task: Task, device, should_stop: Callable[[int, int], bool],
     from .usp import ParallelCFGVelocity
 
     req = task.request
-    velocity = ParallelCFGVelocity(model, task.cond.to(device), task.uncond.to(device), req.guidance)
+    velocity = ParallelCFGVelocity(model, task.text.to(device), req.guidance)
     flag = torch.zeros(1, dtype=torch.int32)
 
     def step_hook(i: int, total: int) -> None:
@@ -182,12 +177,12 @@ def worker_main(rank: int, spec: GroupSpec, port: int, parent_pid: int, conn, ca
 
     torch.set_num_threads(spec.threads or max(1, (os.cpu_count() or 1) // spec.layout.world))
     try:
-        join_loopback_group(rank, spec.layout.world, port, bool(spec.devices), timedelta(minutes=30))
-        model, device = build_model(spec, rank)
-        dist.barrier(group=model.groups.control)
-        if rank == 0:
-            conn.send(("ready", None))
-        serve_tasks(model, device, rank, conn, cancel_flag, LazyVAE(spec, device))
+        with joined(spec.layout, bool(spec.devices), rank, port) as groups:
+            model, device = build_model(spec, groups, rank)
+            dist.barrier(group=groups.control)
+            if rank == 0:
+                conn.send(("ready", None))
+            serve_tasks(model, device, rank, conn, cancel_flag, LazyVAE(spec, device))
     except Exception:
         msg = traceback.format_exc()
         log.error("worker %d failed:\n%s", rank, msg)
@@ -198,8 +193,6 @@ def worker_main(rank: int, spec: GroupSpec, port: int, parent_pid: int, conn, ca
                 pass
         sys.stderr.flush()
         os._exit(1)
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def serve_tasks(model, device, rank: int, conn, cancel_flag, vae: LazyVAE) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import Cancelled, WorkerGroupError
 from ..validation import GenerationRequest, Limits, RequestError, validate
 
 log = logging.getLogger("mochi.triton")
@@ -200,8 +201,6 @@ def error_response(pb_utils, exc: BaseException, tag_status: bool = False):
     that died), the composing model's own code for its errors, else INTERNAL. The message is one line: a
     traceback goes to the server's log, never to the client. tag_status: end the message with the status (the
     models orchestrator.py calls over BLS, see STATUS_TAG)."""
-    from ..parallel import Cancelled, WorkerGroupError  # here, not above: the package imports torch; this module not
-
     E = pb_utils.TritonError
     if isinstance(exc, RequestError):
         code, msg = E.INVALID_ARG, str(exc)
@@ -307,7 +306,7 @@ class SerialMetric:
     threads (mochi_dit's lane threads finish generations side by side). Triton 2.51's python backend then
     crashes the whole server (SIGSEGV in libtriton_python.so): two looping generations on two lanes brought it
     down within 1-5 s in 4 of 4 runs, and with this lock not once in 60 + 150 s, the second run with 118k
-    progress polls beside them (2026-11-28; tests/test_lanes.py keeps the load). Serialised responses alone
+    progress polls beside them (2026-11-28; tests/serving/test_lanes.py keeps the load). Serialised responses alone
     did not help; the metric updates are what collide."""
 
     _lock = threading.Lock()  # one per stub process: every adapter's metrics share it

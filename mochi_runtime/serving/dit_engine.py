@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..parallel import Cancelled, GroupSpec, WorkerGroup, WorkerGroupError
-from ..models.text_encoder import TextEmbedding
+from ..models.text_encoder import CFGText, TextEmbedding
 from ..validation import GenerationRequest
 from .adapters import QueueFull, RequestTimeout, ShuttingDown
 
@@ -32,8 +32,7 @@ UNKNOWN_STEP = -2  # progress of a generation this engine does not know (-1: fin
 @dataclass
 class Job:
     request: GenerationRequest
-    cond: TextEmbedding
-    uncond: TextEmbedding
+    text: CFGText
     on_done: Callable[[object], None]
     on_error: Callable[[BaseException], None]
     is_cancelled: Callable[[], bool] = lambda: False
@@ -59,12 +58,12 @@ class Lane:
         self.thread: threading.Thread | None = None
 
 
-def load_warmup(feat_dim: int) -> tuple[GenerationRequest, TextEmbedding]:
+def load_warmup(feat_dim: int) -> tuple[GenerationRequest, CFGText]:
     """The generation mochi_dit runs on every lane when it loads: one step at the smallest size, so no user
     request pays for start-up. Shared with the serving benchmark, which replays it in-process to compare like
     with like."""
     z = TextEmbedding(torch.zeros(1, 4, feat_dim), torch.ones(1, 4, dtype=torch.bool))
-    return GenerationRequest("warm-up", num_frames=7, height=32, width=32, steps=1), z
+    return GenerationRequest("warm-up", num_frames=7, height=32, width=32, steps=1), CFGText(z, z)
 
 
 class DiTEngine:
@@ -104,15 +103,14 @@ class DiTEngine:
                                            daemon=True)
             lane.thread.start()
 
-    def warm_up(self, request: GenerationRequest, cond: TextEmbedding, uncond: TextEmbedding,
-                timeout: float = 600.0) -> None:
+    def warm_up(self, request: GenerationRequest, text: CFGText, timeout: float = 600.0) -> None:
         """Run `request` once on every lane at the same time (compiles and allocates on each group), before any
         job is submitted; raises the first failure."""
         errors: list[BaseException] = []
 
         def run(lane: Lane) -> None:
             try:
-                lane.group.denoise(request, cond, uncond)
+                lane.group.denoise(request, text)
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(e)
 
@@ -243,7 +241,7 @@ class DiTEngine:
                                               f"{lane.restart_error}"))
                 return
         try:
-            latents = lane.group.denoise(job.request, job.cond, job.uncond, on_step)
+            latents = lane.group.denoise(job.request, job.text, on_step)
         except WorkerGroupError as e:
             log.error("DiT worker group %d failed: %s", lane.index, e)
             job.on_error(e)

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..parallel import Cancelled
+from ..errors import Cancelled
 from ..validation import GenerationRequest
 from . import adapters as A
 from .dit_engine import UNKNOWN_STEP

@@ -19,7 +19,7 @@ from mochi_runtime.loading.loaders import open_model_dir
 from mochi_runtime.serving import adapters as A
 from mochi_runtime.serving.dit_engine import DiTEngine, Job, load_warmup
 from mochi_runtime.serving.orchestrator import request_timeout_us
-from mochi_runtime.models.text_encoder import TextEmbedding
+from mochi_runtime.models.text_encoder import CFGText
 from mochi_runtime.validation import GenerationRequest, RequestError, validate
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -153,9 +153,9 @@ class TritonPythonModel:
             on_steps=self.m.steps.increment,
             on_queue=self._on_queue,
         )
-        req, z = load_warmup(self.feat_dim)
+        req, text = load_warmup(self.feat_dim)
         try:  # one 1-step generation at the smallest size on every group: no user request pays for start-up
-            self.engine.warm_up(req, z, z)
+            self.engine.warm_up(req, text)
         except BaseException as e:
             self.engine.close(self.stop_timeout)  # no workers left behind by a model that failed to load
             raise RuntimeError(f"DiT warm-up failed: {e}") from e
@@ -238,9 +238,8 @@ class TritonPythonModel:
             sender.send(A.error_response(pb_utils, exc, tag_status=True), flags=FINAL)
 
         # request.is_cancelled covers the client's cancel, a gRPC deadline and a disconnect
-        return Job(req, TextEmbedding(feats[1:], m[1:]), TextEmbedding(feats[:1], m[:1]), on_done,
-                   on_error, is_cancelled=request.is_cancelled, generation_id=gen_id,
-                   timeout_s=self._timeout_s(request))
+        return Job(req, CFGText.from_stacked(feats, m), on_done, on_error, is_cancelled=request.is_cancelled,
+                   generation_id=gen_id, timeout_s=self._timeout_s(request))
 
     def _timeout_s(self, request) -> float | None:
         """The client's per-request timeout (Triton's `timeout`, microseconds), else the config default."""

@@ -36,7 +36,7 @@ class TritonPythonModel:
             self.hits.increment(1)
             return cached
         self.encoder.check_lengths(prompt=prompt, negative_prompt=negative)
-        emb = self.encoder.encode([negative, prompt])
+        emb = self.encoder.encode_cfg(prompt, negative).stacked()  # TEXT_EMBEDS [2, 256, D] in CFGText's order
         out = (emb.features.float().cpu().numpy(), emb.mask.cpu().numpy().astype(np.bool_))
         self.cache.put((prompt, negative), out)
         self.misses.increment(1)

@@ -24,7 +24,7 @@ from client.api import infer_inputs
 from mochi_runtime.models.config import get_preset
 from triton_helpers import SMALL, control_inputs, dit_inputs, dit_workers, metric, running_server, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FEAT = get_preset("tiny").dit.t5_feat_dim
 LONG = dict(frames=31, height=64, width=96, steps=200)  # 30 s or more on the tiny model: long enough to leave
 

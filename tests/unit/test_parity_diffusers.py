@@ -9,7 +9,7 @@ from numerics import assert_close
 from mochi_runtime.loading.checkpoints import ModelDir
 from mochi_runtime.pipeline import run_sampler
 from mochi_runtime.loading.loaders import load_dit, load_vae
-from mochi_runtime.models.text_encoder import TextEmbedding
+from mochi_runtime.models.text_encoder import CFGText, TextEmbedding
 from mochi_runtime.validation import GenerationRequest
 
 CPU = torch.device("cpu")
@@ -70,7 +70,7 @@ def test_vae_decode_matches_diffusers(official_dir):
     vae, ref = diffusers_vae(official_dir)
     z = torch.randn(1, 12, 4, 5, 7, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        a = vae.decode(z, trim="end")  # diffusers' trim rule (Genmo's is our default: tests/test_vae_trim.py)
+        a = vae.decode(z, trim="end")  # diffusers' trim rule (Genmo's is our default: tests/unit/test_vae_trim.py)
         mean = torch.tensor(vae.cfg.latents_mean).view(1, 12, 1, 1, 1)
         std = torch.tensor(vae.cfg.latents_std).view(1, 12, 1, 1, 1)
         b = ref.decode(z * std + mean).sample  # diffusers' pipeline de-normalises before decode
@@ -94,7 +94,7 @@ def test_three_step_generation_matches_diffusers_pipeline(official_dir, diffuser
     request = GenerationRequest("x", num_frames=13, height=48, width=80, steps=3, guidance=4.5, seed=7)
     feats, mask = text_batch(ours.cfg.t5_feat_dim, [9, 0], seed=3)  # empty negative prompt: all-false mask
     cond, uncond = TextEmbedding(feats[:1], mask[:1]), TextEmbedding(feats[1:], mask[1:])
-    mine = run_sampler(ours, request, cond, uncond)
+    mine = run_sampler(ours, request, CFGText(cond=cond, uncond=uncond))
     with torch.no_grad():
         theirs = pipe(
             prompt_embeds=cond.features, prompt_attention_mask=cond.mask,

@@ -41,11 +41,11 @@ SAMPLES = dict(rel_l2=1e-5, max_rel=4e-5)
 def reference(official_dir):
     """Single-process result in a fresh process (a thread count lowered after start-up misses some kernels)."""
     pipe = MochiPipeline.from_dir(official_dir, device="cpu")
-    cond, uncond = pipe.encode_text(REQUEST)
-    assert int(cond.mask.sum()) != int(uncond.mask.sum())  # batch 2 with different text lengths
+    text = pipe.encode_text(REQUEST)
+    assert int(text.cond.mask.sum()) != int(text.uncond.mask.sum())  # batch 2 with different text lengths
     with mp.get_context("spawn").Pool(1) as pool:
-        ref = pool.apply(local_reference, (str(official_dir), REQUEST, cond, uncond, threads()))
-    return pipe, cond, uncond, ref
+        ref = pool.apply(local_reference, (str(official_dir), REQUEST, text, threads()))
+    return pipe, text, ref
 
 
 @pytest.mark.numeric
@@ -71,11 +71,11 @@ def test_forward_and_velocity_match_single_process(layout, official_dir):
 @pytest.mark.numeric
 @pytest.mark.parametrize("layout", LAYOUTS + EIGHT, ids=lambda l: l.describe().split(" (")[0])
 def test_three_step_generation_matches_single_process(layout, official_dir, reference):
-    _, cond, uncond, ref = reference
+    _, text, ref = reference
     with WorkerGroup(GroupSpec(layout, model_dir=str(official_dir), threads=threads())) as group:
         steps = []
-        out = group.denoise(REQUEST, cond, uncond, on_step=lambda i, n: steps.append((i, n)))
-        again = group.denoise(REQUEST, cond, uncond)  # the group serves several requests
+        out = group.denoise(REQUEST, text, on_step=lambda i, n: steps.append((i, n)))
+        again = group.denoise(REQUEST, text)  # the group serves several requests
     assert steps == [(1, 3), (2, 3), (3, 3)]
     assert_close(out, ref, **SAMPLES)
     assert torch.equal(out, again)
@@ -83,7 +83,7 @@ def test_three_step_generation_matches_single_process(layout, official_dir, refe
 
 @pytest.mark.numeric
 def test_cancel_stops_within_a_step_and_next_request_runs(official_dir, reference):
-    _, cond, uncond, ref = reference
+    _, text, ref = reference
     long = REQUEST.with_(steps=50)
     with WorkerGroup(GroupSpec(Layout(1, 2, 1), model_dir=str(official_dir), threads=threads())) as group:
         seen = []
@@ -94,9 +94,9 @@ def test_cancel_stops_within_a_step_and_next_request_runs(official_dir, referenc
                 raise Cancelled("user cancelled")
 
         with pytest.raises(Cancelled):
-            group.denoise(long, cond, uncond, on_step=stop_at_2)
+            group.denoise(long, text, on_step=stop_at_2)
         assert seen[-1] <= 3  # rank 0 saw the flag at the next step boundary
-        out = group.denoise(REQUEST, cond, uncond)
+        out = group.denoise(REQUEST, text)
         assert_close(out, ref, **SAMPLES)
 
 
@@ -113,7 +113,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_killed_worker_raises_quickly_and_leaves_no_orphans(official_dir, reference):
-    _, cond, uncond, _ = reference
+    _, text, _ = reference
     group = WorkerGroup(GroupSpec(Layout(1, 1, 2), model_dir=str(official_dir)))
     pids = group.pids
     victim = pids[1]
@@ -124,7 +124,7 @@ def test_killed_worker_raises_quickly_and_leaves_no_orphans(official_dir, refere
 
     t0 = time.monotonic()
     with pytest.raises(WorkerGroupError, match="worker group is down"):
-        group.denoise(REQUEST.with_(steps=200), cond, uncond, on_step=kill_on_first_step)
+        group.denoise(REQUEST.with_(steps=200), text, on_step=kill_on_first_step)
     assert time.monotonic() - t0 < 30
     deadline = time.monotonic() + 10
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
@@ -132,7 +132,7 @@ def test_killed_worker_raises_quickly_and_leaves_no_orphans(official_dir, refere
     assert not any(_alive(p) for p in pids)
     assert not group.alive()
     with pytest.raises(WorkerGroupError):
-        group.denoise(REQUEST, cond, uncond)
+        group.denoise(REQUEST, text)
 
 
 def test_exchange_sends_the_projections_buffer_as_it_is():
@@ -265,11 +265,11 @@ def test_xdit_engine_explains_itself_where_xfuser_cannot_run():
 def test_fresh_groups_of_one_layout_give_bit_equal_latents(official_dir, reference):
     """Same seed, same layout, two groups started one after the other: the same latents to the bit (what a
     server restart must preserve; on GPU this does not yet hold for multi-GPU groups, docs/benchmarks.md)."""
-    _, cond, uncond, _ = reference
+    _, text, _ = reference
     runs = []
     for _ in range(2):
         with WorkerGroup(GroupSpec(Layout(2, 2, 1), model_dir=str(official_dir), threads=1)) as group:
-            runs.append(group.denoise(REQUEST, cond, uncond))
+            runs.append(group.denoise(REQUEST, text))
     assert torch.equal(runs[0], runs[1])
 
 

@@ -22,7 +22,7 @@ from mochi_runtime.serving.tritonserver import ServerConfig, TritonServer
 from mochi_runtime.video import probe_mp4
 from triton_helpers import SMALL, assert_same_video, dit_workers, metric, small_request
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import yaml
 from mochi_runtime.serving import adapters as A
 from mochi_runtime.serving.tritonserver import READY_PATH, ServerConfig, build_parser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 # NGC Triton release -> (Triton version, the image's Python = its python-backend stub's Python), from NVIDIA's
 # release notes ("Triton Inference Server Release 24.12: Ubuntu 24.04 including Python 3.12").

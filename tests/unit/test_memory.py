@@ -13,7 +13,7 @@ from mochi_runtime.memory import DiTMemoryModel, choose_weights
 from mochi_runtime.parallel.topology import Layout
 from mochi_runtime.validation import GenerationRequest, RequestError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FULL = get_preset("mochi-1-preview").dit
 GIB = 2**30
 
@@ -144,7 +144,7 @@ def test_one_24gb_gpu_needs_the_fp8_dit_and_the_planner_says_so_in_words_of_one_
 def test_fp8_weight_estimate_matches_the_measured_fp8_dit():
     """bench step measured the fp8 DiT's resident weights at 9.44 GiB (docs/bench/step_49f_h200.json): the
     model counts one byte per block-linear weight and the rest in bf16."""
-    rec = json.loads((Path(__file__).resolve().parents[1] / "docs/bench/step_49f_h200.json").read_text())
+    rec = json.loads((Path(__file__).resolve().parents[2] / "docs/bench/step_49f_h200.json").read_text())
     measured = next(r["weights_gib"] for r in rec["results"] if r["mode"] == "fp8")
     bf16 = DiTMemoryModel(get_preset("mochi-1-preview").dit)
     fp8 = DiTMemoryModel(get_preset("mochi-1-preview").dit, fp8=True)

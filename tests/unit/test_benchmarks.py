@@ -165,7 +165,7 @@ def test_parallel_dit_benchmark_runs_shallow_models_for_error_growth(tmp_path, m
     assert [r.get("engine") for r in rec["results"][1:]] == ["ours", "xdit"] * 2
     assert rec["engines"] == ["ours", "xdit"]
     first, xdit, second, _ = rec["results"][1:]
-    # The records give rel_l2 (bench.common.rel_err). A layout against one GPU: see tests/test_parallel.py's FORWARD.
+    # The records give rel_l2 (bench.common.rel_err). A layout against one GPU: see tests/parallel/test_parallel.py's FORWARD.
     check(Error(first["rel_err_vs_1gpu"], 0.0), rel_l2=5e-6, label="layout vs 1 GPU")
     assert first["rel_err_eager_vs_1gpu"] == first["rel_err_vs_1gpu"]  # nothing compiled
     assert "rel_err_vs_earlier_run" not in first and "rel_err_vs_first_engine" not in first
@@ -286,7 +286,7 @@ def test_pipeline_budget_runs_use_the_generate_commands_planner(tmp_path, offici
 
 
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_plots_are_drawn_from_the_records(tmp_path):

@@ -50,12 +50,12 @@ def _check_sharded(layout, over, model_dir):
 def test_sharded_group_generates_the_replicated_result(official_dir):
     request = GenerationRequest("a boat on a lake", num_frames=7, height=48, width=64, steps=3, seed=4)
     pipe = MochiPipeline.from_dir(official_dir, device="cpu")
-    cond, uncond = pipe.encode_text(request)
+    text = pipe.encode_text(request)
     out = {}
     for weights in ("replicated", "sharded"):
         with WorkerGroup(GroupSpec(Layout(2, 2, 1), model_dir=str(official_dir), threads=threads(),
                                    weights=weights)) as g:
-            out[weights] = g.denoise(request, cond, uncond)
+            out[weights] = g.denoise(request, text)
     assert_close(out["sharded"], out["replicated"], **SHARDED)
 
 
