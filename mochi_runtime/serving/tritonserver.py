@@ -13,6 +13,7 @@ on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002 unless told otherwise).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import glob
 import json
 import logging
@@ -286,8 +287,10 @@ class TritonServer:
         """
         last_health = 0.0
         while not self._stopping.wait(poll_s):
-            if self.proc is None or self.proc.poll() is not None:
+            if self._ended.is_set():
                 return
+            if self.proc is None or self.proc.poll() is not None:  # down; _watch may be starting it again
+                continue
             with self._known_lock:
                 watching = bool(self._known)
             if not watching and not self.ready():  # nothing to watch until the server has come up
@@ -540,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack to stderr, the server runs on
     cfg = ServerConfig(Path(a.model_repository), a.host, a.http_port, a.grpc_port, a.metrics_port, a.model_dir,
                        log_verbose=a.log_verbose, max_restarts=a.max_restarts)
     server = TritonServer(cfg)

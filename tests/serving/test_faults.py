@@ -50,6 +50,25 @@ def test_killed_stub_leaves_no_orphans_and_the_model_comes_back(tmp_path):
         assert not set(dit_workers(srv)) & set(workers)
 
 
+def test_a_server_that_dies_on_its_own_is_started_again_and_still_supervised(tmp_path):
+    """tritonserver killed (as Triton 2.51's python backend aborting with boost's lock_exception kills it): the
+    supervisor clears what is left and starts it again on the same ports, and it goes on watching the new
+    server's stubs (a stub that dies after the restart is reloaded; before, the stub watch ended with the first
+    server)."""
+    with running_server(tmp_path, max_restarts=1) as srv, MochiClient(srv.grpc_url, "grpc") as c:
+        before = c.generate("a red fox in snow", seed=5, **SMALL)
+        first = srv.proc.pid
+        os.kill(first, signal.SIGKILL)
+        assert wait_for(lambda: srv.proc.pid != first and c.ready(), 180), srv.log_tail(30)
+        assert [rc for _, rc in srv.restarts] == [-signal.SIGKILL]
+        assert c.generate("a red fox in snow", seed=5, **SMALL).video.tobytes() == before.video.tobytes()
+        stubs = stub_pids(srv)
+        assert len(stubs) == 1
+        os.kill(stubs[0], signal.SIGKILL)
+        assert wait_for(lambda: len(srv.stub_reloads) == 1 and len(stub_pids(srv)) == 1 and stub_pids(srv) != stubs
+                        and c.ready(), 120), f"reloads {srv.stub_reloads}\n{srv.log_tail(30)}"
+
+
 def test_server_sigkill_leaves_no_process_and_no_shm(tmp_path):
     with running_server(tmp_path, max_restarts=0) as srv, MochiClient(srv.grpc_url, "grpc") as c:
         c.generate("a red fox in snow", seed=5, **SMALL)
@@ -211,8 +230,12 @@ def test_a_dit_stub_death_mid_generation_is_answered_and_the_next_sigterm_is_cle
             assert status == "StatusCode.UNAVAILABLE", out
             assert "mochi_dit" in message or "Socket closed" in message, out  # Socket closed: Triton aborted
         with MochiClient(url, "grpc") as c:  # the supervisor brings mochi_dit back (or the whole server)
-            assert wait_for(lambda: len(stub_pids(wrapper.pid)) == 1 and stub_pids(wrapper.pid) != stub and c.ready(),
-                         120)
+            back = wait_for(lambda: len(stub_pids(wrapper.pid)) == 1 and stub_pids(wrapper.pid) != stub and c.ready(),
+                            120)
+            if not back:  # where the supervisor is: its threads' stacks into the log
+                wrapper.send_signal(signal.SIGUSR1)
+                time.sleep(2)
+            assert back, (wrapper.poll(), (tmp_path / "serve.log").read_text(errors="replace")[-6000:])
             assert wait_for(lambda: _generates(c), 60)
         assert _metric_at(ports[2], "mochi_active_generations") == 0
         assert _metric_at(ports[2], "mochi_dit_queued_generations") == 0

@@ -96,6 +96,7 @@ def test_deployment_spec_and_step_intervals():
     assert step_intervals([0.0, 5.0, 6.0, 7.5]) == [1.0, 1.5]  # the first step (start-up) is dropped
 
 
+@pytest.mark.slow  # starts processes or a server (not in make test-fast)
 def test_serving_benchmark_on_cpu_matches_the_in_process_runtime(tmp_path, official_dir, monkeypatch):
     """The GPU benchmark's own code path, run on the tiny checkpoint: a real server, the ensemble, the stream,
     mochi_dit's latents against WorkerGroup's, and the closed-loop load."""
@@ -129,6 +130,7 @@ def test_client_encodes_the_mp4_itself_when_the_server_sends_none(tmp_path):
     assert (n, h, w) == (7, 32, 48)
 
 
+@pytest.mark.slow  # starts processes or a server (not in make test-fast)
 def test_load_benchmark_writes_a_checkpoint_the_serving_loaders_read(tmp_path, monkeypatch):
     """bench load writes every part of a model directory (dit, decoder, T5 encoder, tokenizer) and loads each
     back in a fresh process through the serving path's loaders (tiny sizes here; mochi-1-preview on a GPU)."""
@@ -145,6 +147,7 @@ def test_load_benchmark_writes_a_checkpoint_the_serving_loaders_read(tmp_path, m
     assert ModelDir.open(tmp_path / "ckpt").layout == "official"
 
 
+@pytest.mark.slow  # starts processes or a server (not in make test-fast)
 @pytest.mark.numeric
 def test_parallel_dit_benchmark_runs_shallow_models_for_error_growth(tmp_path, monkeypatch):
     """bench dit --layouts ... --depth N: the same harness as the GPU runs, on CPU processes with gloo (fp32:
@@ -273,6 +276,7 @@ def test_collector_passes_are_recorded_with_their_generation():
     assert len(pauses) == seen  # the callback is gone after the block
 
 
+@pytest.mark.slow  # starts processes or a server (not in make test-fast)
 def test_pipeline_budget_runs_use_the_generate_commands_planner(tmp_path, official_dir):
     """bench pipeline --budget-runs (on a GPU: full size under 24/48 GiB caps) runs `generate`'s own planner and
     pipeline in a fresh process per case: a case that fits generates every frame, one that cannot is refused by

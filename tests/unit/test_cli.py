@@ -5,9 +5,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from mochi_runtime.video import probe_mp4
 
 
+@pytest.mark.slow  # starts processes or a server (not in make test-fast)
 def test_cli_writes_playable_mp4_with_exact_frames(tmp_path):
     out = tmp_path / "fox.mp4"
     t0 = time.perf_counter()
@@ -26,6 +29,7 @@ def test_cli_writes_playable_mp4_with_exact_frames(tmp_path):
     assert elapsed < 60, elapsed
 
 
+@pytest.mark.slow  # starts processes or a server (not in make test-fast)
 def test_cli_rejects_bad_frames(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mochi_runtime", "generate", "--prompt", "x", "--frames", "20", "--out",
@@ -34,6 +38,7 @@ def test_cli_rejects_bad_frames(tmp_path):
     assert proc.returncode == 2 and "num_frames" in proc.stderr and "6k+1" in proc.stderr
 
 
+@pytest.mark.slow  # starts processes or a server (not in make test-fast)
 def test_cli_parallel_group_with_parallel_vae(tmp_path):
     out = tmp_path / "par.mp4"
     proc = subprocess.run(
@@ -45,6 +50,7 @@ def test_cli_parallel_group_with_parallel_vae(tmp_path):
     assert probe_mp4(out)[:3] == (13, 64, 96)
 
 
+@pytest.mark.slow  # starts processes or a server (not in make test-fast)
 def test_cli_parallel_vae_needs_a_group(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mochi_runtime", "generate", "--prompt", "x", "--parallel-vae", "--out",
@@ -65,6 +71,7 @@ def test_offloaded_text_encoder_gives_the_same_embeddings(official_dir):
     assert bool((a.features == b.features).all()) and bool((a.mask == b.mask).all())
 
 
+@pytest.mark.slow  # starts processes or a server (not in make test-fast)
 def test_cli_memory_budget_refuses_what_cannot_fit_and_plans_what_can(tmp_path):
     refused = subprocess.run(
         [sys.executable, "-m", "mochi_runtime", "generate", "--prompt", "x", "--frames", "163", "--height", "480",
@@ -84,6 +91,7 @@ def test_cli_memory_budget_refuses_what_cannot_fit_and_plans_what_can(tmp_path):
     assert probe_mp4(out)[:3] == (7, 64, 96)
 
 
+@pytest.mark.slow  # starts processes or a server (not in make test-fast)
 def test_cli_xdit_engine_needs_a_gpu_group(tmp_path):
     """The xDiT side-by-side engine is a property of a GPU worker group: refused, with the rule, elsewhere."""
     base = [sys.executable, "-m", "mochi_runtime", "generate", "--prompt", "x", "--attention-engine", "xdit",

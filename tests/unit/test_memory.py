@@ -61,6 +61,7 @@ def test_a_request_over_budget_is_refused_naming_the_limit():
     assert e.value.field == "num_frames" and "memory_budget_bytes" in str(e.value)
 
 
+@pytest.mark.slow  # starts processes or a server (not in make test-fast)
 def test_triton_refuses_a_request_that_cannot_fit_and_serves_one_that_can(tmp_path):
     """mochi_dit with a per-GPU budget (CPU group, fp32 tiny weights): INVALID_ARG up front, server healthy."""
     import tritonclient.grpc as grpcclient

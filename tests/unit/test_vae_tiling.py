@@ -34,7 +34,8 @@ def _piece_elements(vae, piece: str, h: int, w: int) -> int:
 
 @pytest.mark.numeric
 @pytest.mark.parametrize("trim", ["genmo", "end"])
-@pytest.mark.parametrize("frames", [7, 13, 31, 49, 169])
+@pytest.mark.parametrize("frames", [7, 13, 31, pytest.param(49, marks=pytest.mark.slow),
+                                    pytest.param(169, marks=pytest.mark.slow)])  # long videos: make test only
 @pytest.mark.parametrize("piece", PIECES)
 def test_streamed_decode_is_exact(vae, frames, piece, trim):
     t = (frames - 1) // 6 + 1
@@ -108,6 +109,7 @@ def test_rank_plans_cut_one_tile_per_rank(world):
     assert len(tiles_of(plan, 60, 106)) == world
 
 
+@pytest.mark.slow  # starts processes or a server (not in make test-fast)
 @pytest.mark.parametrize("world,trim", [(2, "genmo"), (4, "genmo"), (2, "end")])
 def test_parallel_decode_equals_single_process_tiled_decode(vae, official_dir, world, trim):
     z = torch.randn(1, 12, 3, 10, 12, generator=torch.Generator().manual_seed(world))
@@ -122,6 +124,7 @@ def test_parallel_decode_equals_single_process_tiled_decode(vae, official_dir, w
     assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 1e-3
 
 
+@pytest.mark.slow  # starts processes or a server (not in make test-fast)
 def test_piecewise_blend_equals_blending_whole_tiles_exactly(vae):
     """decode_tiled blends each streamed piece as it comes; the spread decode blends whole tiles: same frames."""
     from mochi_runtime.models.vae_tiling import blend_tiles, decode_tile
