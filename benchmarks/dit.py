@@ -1,4 +1,5 @@
 """DiT step benchmark: full-size random bf16 weights, one CFG step (batch 2) at 848x480x49.
+In docs/benchmarks.md: "One GPU" (1x H200) and "Several GPUs" (2x and 4x H200, 4x H100).
 
 Ours (eager and torch.compile'd) against diffusers' MochiTransformer3DModel on the
 very same weights, in the same process, with the output difference reported.

@@ -1,4 +1,5 @@
 """Checkpoint loading benchmark: a full-size random DiT written in Genmo's official layout,
+In docs/benchmarks.md: "Memory", loading a full-size checkpoint (2x H200).
 loaded back through the same loader as real weights, in a fresh process, with load time,
 peak host RSS and peak GPU memory.
 

@@ -1,4 +1,5 @@
 """Whole-pipeline memory under a per-GPU budget: T5-XXL, the DiT, the VAE decode.
+In docs/benchmarks.md: "Memory", the whole pipeline under a cap (1x H100; sharded over 4x H200).
 
 Two modes.
 

@@ -1,4 +1,5 @@
 """Full-size serving through a real tritonserver on GPUs, against the in-process runtime on the same machine.
+In docs/benchmarks.md: "Serving through Triton" (2x and 4x H200).
 
     python -m benchmarks serving --model-dir /tmp/mochi-full \\
         --deployments "0,1,2,3@2x2x1" "0,1;2,3@2x1x1" --steps 6 --throughput 1,2,4 --json out.json

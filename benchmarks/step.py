@@ -1,4 +1,5 @@
 """One DiT CFG step against the card's floor, a kernel-time breakdown, and the fp8 mode.
+In docs/benchmarks.md: "One GPU: the DiT step", against the floor and fp8 (1x H100).
 
     python -m benchmarks step --frames 49,163 --fp8 --profile --json out.json
 

@@ -1,4 +1,5 @@
 """VAE decode benchmark: full-size random bf16 decoder at 848x480, 49 and 163 frames.
+In docs/benchmarks.md: "VAE decode" (1x H200; spread over 2 and 4 GPUs on 4x H200).
 
 Ours on one GPU (exact streamed decode, and spatially tiled to bound memory) and spread over N GPUs (one spatial tile
 per GPU, checked against the one-GPU tiled decode with the same plan), against

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     with MochiClient(a.url, a.protocol, a.timeout) as client:
         try:
             if a.stream:
-                from tqdm import tqdm
+                from tqdm import tqdm  # only for --stream's progress bar
 
                 bar = tqdm(desc="denoise", unit="step")
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from tritonclient.utils import InferenceServerException
 
 # generate()/stream() keyword -> the Triton input it fills
 KNOB_INPUTS = {"frames": "NUM_FRAMES", "height": "HEIGHT", "width": "WIDTH", "steps": "STEPS", "guidance": "GUIDANCE",
@@ -25,8 +26,6 @@ _GRPC_STATUS = {"INVALID_ARG": "StatusCode.INVALID_ARGUMENT", "UNAVAILABLE": "St
 
 def with_status(error):
     """A stream's error as an InferenceServerException whose status() is the server's, as generate() gives."""
-    from tritonclient.utils import InferenceServerException
-
     message = error.message() if hasattr(error, "message") else str(error)
     tagged = _STREAM_STATUS.search(message or "")
     if not tagged:
@@ -56,7 +55,7 @@ class GenerationResult:
     def save(self, path: str) -> str:
         """Write the server's mp4; when the server sent none (vae_decoder encode_mp4=false), encode VIDEO here."""
         if not self.mp4:
-            from mochi_runtime.video import encode_mp4
+            from mochi_runtime.video import encode_mp4  # no MP4 from the server: PyAV only then
 
             encode_mp4(self.video, path)
             return path
@@ -74,13 +73,13 @@ class MochiClient:
         self.protocol = protocol
         self.timeout_s = timeout_s
         if protocol == "http":
-            import tritonclient.http as mod
+            import tritonclient.http as mod  # one protocol's stack per client
 
             self.url = url or "127.0.0.1:8000"
             # tritonclient.http's 60 s default would cut off multi-minute generations.
             self._client = mod.InferenceServerClient(self.url, network_timeout=timeout_s, connection_timeout=timeout_s)
         else:
-            import tritonclient.grpc as mod
+            import tritonclient.grpc as mod  # as above
 
             self.url = url or "127.0.0.1:8001"
             self._client = mod.InferenceServerClient(self.url)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import json
 import math
 import os
 import shutil
@@ -131,9 +132,7 @@ def concurrency_levels(spec: str) -> list[int]:
 def run_python(url: str, protocol: str = "grpc", concurrency: str = "1:2", requests: int = 4,
                inputs: str | Path = DEFAULT_INPUTS, csv_path: str | Path = "perf.csv") -> list[dict[str, str]]:
     """The closed loop through MochiClient.generate over the inputs file's requests, cycled."""
-    import json
-
-    from .api import KNOB_INPUTS, MochiClient
+    from .api import KNOB_INPUTS, MochiClient  # the python driver only; perf_analyzer needs none of it
 
     data = json.loads(Path(inputs).read_text())["data"]
     names = {name: key for key, name in KNOB_INPUTS.items()}

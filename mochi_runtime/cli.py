@@ -1,4 +1,8 @@
-"""Command line: `python -m mochi_runtime generate|write-tiny ...`."""
+"""Command line: `python -m mochi_runtime generate|write-tiny ...`.
+
+Each command imports the engine when it runs: `--help`, and the argument helpers that torchrun and the
+benchmarks borrow from here, stay free of torch and transformers.
+"""
 from __future__ import annotations
 
 import argparse

@@ -23,6 +23,7 @@ import torch
 
 from .models.config import DiTConfig
 from .models.dit import AsymmDiT
+from .models.vae_tiling import estimate_bytes, plan_for_budget
 from .validation import GenerationRequest, RequestError
 
 HIDDEN_VECTORS_PER_TOKEN = 22  # activation bytes per token-sample / (hidden_size_x * dtype bytes)
@@ -189,8 +190,6 @@ def plan_pipeline(budget_bytes: int, dit: DiTMemoryModel, request: GenerationReq
 def _fit(budget_bytes: int, dit: DiTMemoryModel, request: GenerationRequest, t5_parameters: int, vae,
          t5_activation_bytes: int) -> tuple[PipelinePlan | None, tuple[str, int] | None]:
     """(the first arrangement of `dit` that fits, None) or (None, (the leanest arrangement, its estimated need))."""
-    from .models.vae_tiling import estimate_bytes, plan_for_budget
-
     vae_weights = sum(p.numel() for p in vae.parameters()) * dit.dtype_bytes
     t5_bytes = t5_parameters * dit.dtype_bytes
     latent_shape = request.latent_shape

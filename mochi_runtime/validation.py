@@ -76,7 +76,7 @@ def _as_int(field: str, value: Any) -> int:
         value = int(value)
     if not isinstance(value, int):
         try:
-            import numpy as np
+            import numpy as np  # only when a numpy integer arrives: this module imports the standard library alone
 
             if isinstance(value, np.integer):
                 return int(value)

@@ -14,7 +14,7 @@ CODECS = ("libx264", "h264", "libvpx-vp9", "mpeg4")
 
 
 def pick_codec() -> str:
-    import av
+    import av  # PyAV is needed only where MP4s are written (vae_decoder encode_mp4=false runs without it)
 
     for name in CODECS:
         try:
@@ -27,7 +27,7 @@ def pick_codec() -> str:
 
 def encode_mp4(frames: np.ndarray, target: str | Path | io.BytesIO, fps: int = 30) -> str:
     """Encode frames to mp4 at `target` (path or BytesIO); returns the codec used."""
-    import av
+    import av  # PyAV is needed only where MP4s are written (vae_decoder encode_mp4=false runs without it)
 
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -61,7 +61,7 @@ def mp4_bytes(frames: np.ndarray, fps: int = 30) -> bytes:
 
 def probe_mp4(source: str | Path | bytes) -> tuple[int, int, int, str]:
     """(frames, height, width, codec) of an mp4, by decoding every frame."""
-    import av
+    import av  # PyAV is needed only where MP4s are written (vae_decoder encode_mp4=false runs without it)
 
     src = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)
     with av.open(src) as c:

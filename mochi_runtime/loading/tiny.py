@@ -49,10 +49,10 @@ def init_random_(module: torch.nn.Module, seed: int, scale: float = 1.0) -> torc
 
 
 def _assign_full(param: torch.Tensor, full: torch.Tensor) -> None:
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # only sharded loads meet DTensors
 
     if isinstance(param, DTensor):
-        from ..parallel.sharded import rows_for_param
+        from ..parallel.sharded import rows_for_param  # parallel imports loading: a cycle at import time
 
         param.to_local().copy_(rows_for_param(param, full))
     else:
@@ -79,7 +79,7 @@ def random_vae_state(cfg: VAEConfig, seed: int = EMBEDDED_SEED + 1) -> dict[str,
 
 def build_tokenizer(max_length: int = 256):
     """A character-level SentencePiece-style (unigram) T5 tokenizer: pad=0, eos=1, unk=2."""
-    from transformers import T5Tokenizer
+    from transformers import T5Tokenizer  # transformers takes seconds to import; only writing the tiny model needs it
 
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
     for ch in string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation:
@@ -91,8 +91,8 @@ def build_tokenizer(max_length: int = 256):
 
 
 def write_t5(folder: Path, cfg: T5Config, seed: int = EMBEDDED_SEED + 2) -> None:
-    from transformers import T5Config as HFT5Config
-    from transformers import T5EncoderModel
+    from transformers import T5Config as HFT5Config  # as above
+    from transformers import T5EncoderModel  # as above
 
     tok = build_tokenizer()
     assert len(tok) <= cfg.vocab_size, "tokenizer larger than the T5 vocabulary"

@@ -88,7 +88,7 @@ class TextEncoder:
     ) -> None:
         """offload=True keeps the weights in host memory between encodes (T5-XXL is 9.5 GB in bf16: on a
         24 GB card it is the difference between fitting the DiT or not)."""
-        from transformers import AutoTokenizer, T5EncoderModel
+        from transformers import AutoTokenizer, T5EncoderModel  # slow to import; DiT workers never need it
 
         self.device = torch.device(device)
         if dtype is None:

@@ -16,6 +16,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 KERNELS = ("auto", "sdpa", "cudnn", "flash", "efficient", "math", "flash_attn", "fp8")
 
@@ -44,8 +45,6 @@ def resolve_kernel(kernel: str, device: torch.device) -> str:
 
 
 def _sdpa_backend(kernel: str):
-    from torch.nn.attention import SDPBackend
-
     return {
         "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
         "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
@@ -57,17 +56,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str = "aut
     """Unmasked attention on [B, H, S, D] tensors."""
     kernel = resolve_kernel(kernel, q.device)
     if kernel == "fp8":
-        from .fp8_attention import fp8_attention_on
+        from .fp8_attention import fp8_attention_on  # needs cuDNN's frontend, an optional package ('.[fp8]')
 
         return fp8_attention_on(q.device.index if q.device.index is not None else torch.cuda.current_device())(q, k, v)
     if kernel == "flash_attn":
-        from flash_attn import flash_attn_func  # type: ignore
+        from flash_attn import flash_attn_func  # type: ignore  # optional: only with kernel flash_attn
 
         out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
     if kernel in ("cudnn", "flash", "efficient") and q.is_cuda:
-        from torch.nn.attention import sdpa_kernel
-
         with sdpa_kernel(_sdpa_backend(kernel)):
             return F.scaled_dot_product_attention(q, k, v)
     if kernel == "math" or not q.is_cuda:
@@ -94,7 +91,7 @@ def attend_with_lse(
     check_ring_kernel(kernel, ring=2)  # this call exists for the ring's merge
     scale = 1.0 / math.sqrt(q.shape[-1])
     if q.is_cuda and kernel == "flash_attn":
-        from flash_attn import flash_attn_func  # type: ignore
+        from flash_attn import flash_attn_func  # type: ignore  # optional: only with kernel flash_attn
 
         out, lse, _ = flash_attn_func(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), return_attn_probs=True

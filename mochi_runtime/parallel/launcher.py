@@ -33,7 +33,7 @@ class WorkerGroup:
         if spec.devices is not None and len(spec.devices) != spec.layout.world:
             raise ValueError(f"{len(spec.devices)} devices given for {spec.layout.describe()}")
         if spec.model_dir is None:  # resolve (and write, once) the embedded default before the workers start
-            from ..loading.tiny import embedded_model_dir
+            from ..loading.tiny import embedded_model_dir  # first use writes it; the stub stays light
 
             spec = dataclasses.replace(spec, model_dir=str(embedded_model_dir()))
         self.spec = spec
@@ -128,7 +128,7 @@ class WorkerGroup:
 
         Returns uint8 frames [1, F, H, W, 3]; equals `decode_tiled` with the same plan in one process.
         """
-        from ..models.vae_tiling import grid_plan
+        from ..models.vae_tiling import grid_plan  # only a group that also decodes needs the VAE code
 
         if not self.alive():
             raise WorkerGroupError("DiT worker group is not running")

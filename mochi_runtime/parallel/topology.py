@@ -8,6 +8,8 @@ Groups are created once, by every rank in the same order, and owned by a
 """
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -138,8 +140,6 @@ class ParallelGroups:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A free TCP port on host (the OS picks it; nothing is hard-coded)."""
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -147,8 +147,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def join_loopback_group(rank: int, world: int, port: int, gpu: bool, timeout: timedelta) -> None:
     """init_process_group on 127.0.0.1:port: NCCL bound to cuda:rank on GPU, gloo on CPU."""
-    import os
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if gpu:
         torch.cuda.set_device(rank)

@@ -54,14 +54,14 @@ def _generate(a, spec: GroupSpec, groups, request, rank: int, local_rank: int) -
     pipe = None
     task = None
     if rank == 0:
-        from ..pipeline import MochiPipeline
+        from ..pipeline import MochiPipeline  # rank 0 only: T5 and the VAE
 
         pipe = MochiPipeline.from_dir(a.model_dir, device=device, dtype=a.dtype, denoiser=_NoDenoiser())
         task = Task(request, pipe.encode_text(request).to("cpu"))
     task = broadcast_task(task, model.groups)
     latents = run_task(model, task, device, should_stop=lambda i, n: False)
     if rank == 0:
-        from ..video import encode_mp4
+        from ..video import encode_mp4  # PyAV: rank 0 only
 
         frames = pipe.decode(latents)
         encode_mp4(frames, a.out)

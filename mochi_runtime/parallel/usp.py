@@ -226,7 +226,7 @@ class SequenceParallelDiT:
         """engine: "ours" (USPJointAttention) or "xdit" (xfuser's USP behind the same interface, GPU only)."""
         self.dit, self.groups = dit, groups
         if engine == "xdit":
-            from .xdit import XDiTJointAttention
+            from .xdit import XDiTJointAttention  # xfuser is optional ('.[xdit]')
 
             self.attention: USPJointAttention | XDiTJointAttention = XDiTJointAttention(groups, kernel)
         elif engine == "ours":

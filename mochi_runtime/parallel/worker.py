@@ -5,6 +5,9 @@ other ranks over the gloo control group; every rank runs the sampler; after
 each step rank 0 broadcasts the cancel flag so all ranks stop at the same step
 and none is left inside a collective. The same `serve_tasks` / `run_task` code
 runs under torchrun (see `mochi_runtime.parallel.torchrun`).
+
+The launcher imports this module for `GroupSpec` and `Task` inside the Triton stub, which never builds a model;
+what only a worker needs (the DiT, the sampler, the VAE) is imported where the worker uses it.
 """
 from __future__ import annotations
 
@@ -80,7 +83,7 @@ class LazyVAE:
 
     def get(self):
         if self.vae is None:
-            from ..loading.loaders import load_vae, open_model_dir, resolve_dtype
+            from ..loading.loaders import load_vae, open_model_dir, resolve_dtype  # worker only (module docstring)
 
             self.vae = load_vae(open_model_dir(self.spec.model_dir), self.device,
                                 resolve_dtype(self.spec.dtype, self.device))
@@ -89,8 +92,8 @@ class LazyVAE:
 
 def run_decode(vae, task: DecodeTask, device, rank: int):
     """This rank's share of the decode; rank 0 returns uint8 frames [1, F, H, W, 3] on CPU, others None."""
-    from ..models.vae import frames_to_uint8
-    from .vae_decode import decode_distributed
+    from ..models.vae import frames_to_uint8  # worker only (module docstring)
+    from .vae_decode import decode_distributed  # worker only (module docstring)
 
     video = decode_distributed(vae, task.latents.to(device), task.plan)
     return frames_to_uint8(video, device="cpu") if rank == 0 else None
@@ -109,18 +112,18 @@ def die_with_parent(parent_pid: int) -> None:
 
 def build_model(spec: GroupSpec, groups: ParallelGroups, local_rank: int):
     """Load this rank's DiT copy straight onto its device and wrap it for sequence parallelism."""
-    import torch
+    import torch  # worker only (module docstring)
 
-    from ..loading.loaders import load_dit, open_model_dir, prepare_dit, resolve_dtype
-    from .usp import SequenceParallelDiT
+    from ..loading.loaders import load_dit, open_model_dir, prepare_dit, resolve_dtype  # worker only (module docstring)
+    from .usp import SequenceParallelDiT  # worker only (module docstring)
 
     device = device_for_rank(local_rank) if spec.devices else torch.device("cpu")
     md = open_model_dir(spec.model_dir)
     dtype = resolve_dtype(spec.dtype, device)
     if spec.weights == "sharded":
-        import torch.distributed as dist
+        import torch.distributed as dist  # worker only (module docstring)
 
-        from .sharded import load_sharded_dit
+        from .sharded import load_sharded_dit  # worker only (module docstring)
 
         over = dist.group.WORLD if spec.shard_over == "world" else groups.sp_group
         dit = prepare_dit(load_sharded_dit(md, over, device, dtype), device, spec.attention, spec.compile)
@@ -133,11 +136,11 @@ def build_model(spec: GroupSpec, groups: ParallelGroups, local_rank: int):
 def run_task(model, task: Task, device, should_stop: Callable[[int, int], bool],
              on_step: Callable[[int, int], None] | None = None):
     """Run one request's sampler on this rank; returns fp32 latents on CPU (identical on all ranks)."""
-    import torch
-    import torch.distributed as dist
+    import torch  # worker only (module docstring)
+    import torch.distributed as dist  # worker only (module docstring)
 
-    from ..sampler import euler_sample, initial_noise, linear_quadratic_schedule
-    from .usp import ParallelCFGVelocity
+    from ..sampler import euler_sample, initial_noise, linear_quadratic_schedule  # worker only (module docstring)
+    from .usp import ParallelCFGVelocity  # worker only (module docstring)
 
     req = task.request
     velocity = ParallelCFGVelocity(model, task.text.to(device), req.guidance)
@@ -157,7 +160,7 @@ def run_task(model, task: Task, device, should_stop: Callable[[int, int], bool],
 
 
 def broadcast_task(task: Any, groups) -> Any:
-    import torch.distributed as dist
+    import torch.distributed as dist  # worker only (module docstring)
 
     box = [task]
     dist.broadcast_object_list(box, src=0, group=groups.control)
@@ -171,8 +174,8 @@ def worker_main(rank: int, spec: GroupSpec, port: int, parent_pid: int, conn, ca
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in spec.devices)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(spec.layout.world), LOCAL_RANK=str(rank))
     logging.basicConfig(level=logging.WARNING, format=f"[mochi worker {rank}] %(levelname)s %(message)s")
-    import torch
-    import torch.distributed as dist
+    import torch  # worker only (module docstring)
+    import torch.distributed as dist  # worker only (module docstring)
 
 
     torch.set_num_threads(spec.threads or max(1, (os.cpu_count() or 1) // spec.layout.world))

@@ -48,6 +48,7 @@ def _import_usp():
 
 def _set_up_xfuser(groups: ParallelGroups, backend_name: str):
     """xfuser's groups and runtime state for this process, matching `groups.layout` (once per process)."""
+    # xfuser is optional and imports only with a GPU (see _usp): imported here, after that check
     from xfuser.config.args import xFuserArgs
     from xfuser.core.distributed import init_distributed_environment, initialize_model_parallel
     from xfuser.core.distributed import parallel_state as ps

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import traceback
 from typing import Any
@@ -103,12 +104,8 @@ def model_params(args: dict, environ: dict[str, str] | None = None) -> Params:
 def _log_runtime(model: str) -> None:
     """One line per model instance in the server log: which interpreter and numpy the stub really runs
     (a stub that picks up numpy 2 corrupts string tensors; this line is the first thing to check)."""
-    import sys
-
-    import numpy
-
-    print(f"[{model}] python {sys.version.split()[0]} ({sys.executable}), numpy {numpy.__version__} "
-          f"from {os.path.dirname(numpy.__file__)}", file=sys.stderr, flush=True)
+    print(f"[{model}] python {sys.version.split()[0]} ({sys.executable}), numpy {np.__version__} "
+          f"from {os.path.dirname(np.__file__)}", file=sys.stderr, flush=True)
 
 
 _ON_OFF = {"true": True, "on": True, "1": True, "yes": True, "false": False, "off": False, "0": False, "no": False}

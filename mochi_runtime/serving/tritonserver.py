@@ -173,7 +173,7 @@ def check_stub_numpy(version: str | None = None) -> None:
     with wrong sizes. Seen on GPU machines whose image has numpy 2 (docs/benchmarks.md).
     """
     if version is None:
-        import numpy
+        import numpy  # the numpy of this interpreter, which the stubs inherit
 
         version = numpy.__version__
     if int(version.split(".")[0]) >= 2:

@@ -28,7 +28,7 @@ class TritonPythonModel:
         # false: MP4 comes back empty and clients encode VIDEO themselves (saves the server's CPU; PyAV not needed)
         self.encode_mp4 = params.flag("encode_mp4", default=True)
         if self.encode_mp4:
-            from mochi_runtime.video import pick_codec
+            from mochi_runtime.video import pick_codec  # PyAV only when this model encodes MP4s
 
             try:
                 pick_codec()  # fail at load, not on the first request
