@@ -2,9 +2,7 @@
 
 The stub process never initialises CUDA: the workers are spawned and own the GPUs.
 """
-import dataclasses
 import hmac
-import json
 import sys
 import time
 from types import SimpleNamespace
@@ -13,10 +11,10 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from mochi_runtime.memory import DiTMemoryModel, choose_weights
 from mochi_runtime.parallel import Cancelled, GroupSpec, Layout, LayoutError
 from mochi_runtime.loading.loaders import open_model_dir
 from mochi_runtime.serving import adapters as A
+from mochi_runtime.serving.dit_deployment import lane_devices, plan_weights
 from mochi_runtime.serving.dit_engine import DiTEngine, Job, load_warmup
 from mochi_runtime.serving.orchestrator import request_timeout_us
 from mochi_runtime.models.text_encoder import CFGText
@@ -28,56 +26,6 @@ CONTROL_INPUTS = ("DRAIN", "HEALTH", "CANCEL", "PROGRESS_OF")
 
 def _text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def plan_weights(p, dit_cfg, layout, devices, limits):
-    """Weight mode ('auto' picks by the budget), the per-GPU budget, and the memory model requests are checked on."""
-    budget = p.int("memory_budget_bytes", 0)
-    weights = p.text("weights", "replicated")
-    over = p.text("shard_over", "world")
-    dtype = p.text("dtype", "auto")
-    dtype_bytes = 4 if dtype == "fp32" or (dtype == "auto" and not devices) else 2
-    model = DiTMemoryModel(dit_cfg, layout.cfg, layout.ulysses, layout.ring, weights,
-                           layout.world if over == "world" else layout.sp, dtype_bytes, gpu=bool(devices),
-                           fp8=dtype == "fp8")
-    if weights == "auto":
-        height = min(480, limits.max_pixels // 16 // 16 * 16)  # the largest request the caps allow
-        width = max(16, limits.max_pixels // height // 16 * 16)
-        largest = GenerationRequest("", num_frames=limits.max_frames, height=height, width=width, steps=1)
-        weights = choose_weights(model, largest, budget)
-        model = dataclasses.replace(model, weights=weights)
-    if budget and model.weight_bytes() > budget:
-        raise ValueError(f"memory_budget_bytes={budget} cannot hold the DiT's {model.weights} weights "
-                         f"({model.weight_bytes() / 2**30:.2f} GiB per GPU); use weights=sharded or more GPUs")
-    return weights, budget, model
-
-
-def instance_index(args) -> int:
-    try:
-        return int(args["model_instance_name"].rsplit("_", 1)[-1])
-    except (KeyError, ValueError):
-        return 0
-
-
-def lane_devices(p, args) -> list[tuple[int, ...] | None]:
-    """GPU sets (`;`-separated) this instance drives, one worker group (lane) each; [None] * cpu_groups on CPU.
-
-    With one instance (the default) every set is a lane of it: one queue feeds whichever group is free, and
-    control requests see every generation. With `count: N` instance i takes sets i, i+N, ...
-    """
-    try:
-        sets = [tuple(int(d) for d in s.split(",")) for s in p.text("gpus").split(";") if s.strip()]
-    except ValueError:
-        raise ValueError(f"parameter 'gpus' (MOCHI_MOCHI_DIT_GPUS) must be GPU indices like '0,1' or '0,1;2,3', "
-                         f"got {p.text('gpus')!r}") from None
-    if not sets:
-        return [None] * max(1, p.int("cpu_groups", 1))
-    cfg = json.loads(args["model_config"])
-    count = sum(int(g.get("count", 1)) for g in cfg.get("instance_group", [])) or 1
-    mine = sets[instance_index(args)::count]
-    if not mine:
-        raise ValueError(f"instance {instance_index(args)} of {count} has no GPU set in gpus={p['gpus']!r}")
-    return mine
 
 
 class TritonPythonModel:
