@@ -5,7 +5,6 @@ The stub process never initialises CUDA: the workers are spawned and own the GPU
 import hmac
 import sys
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -14,6 +13,7 @@ import triton_python_backend_utils as pb_utils
 from mochi_runtime.parallel import Cancelled, GroupSpec, Layout, LayoutError
 from mochi_runtime.loading.loaders import open_model_dir
 from mochi_runtime.serving import adapters as A
+from mochi_runtime.serving.metrics import DiTMetrics
 from mochi_runtime.serving.dit_deployment import lane_devices, plan_weights
 from mochi_runtime.serving.dit_engine import DiTEngine, Job, load_warmup
 from mochi_runtime.serving.orchestrator import request_timeout_us
@@ -69,26 +69,7 @@ class TritonPythonModel:
               f"devices {self.lanes}", file=sys.stderr, flush=True)
 
     def _init_metrics(self):
-        labels = {"model": "mochi_dit"}
-        fams = {
-            "latency": A.histogram(pb_utils, "mochi_denoise_latency_seconds", "DiT denoising time per generation",
-                                   A.LATENCY_BUCKETS, labels),
-            "steps": A.counter(pb_utils, "mochi_denoise_steps_total", "Denoising steps run", labels),
-            "active": A.gauge(pb_utils, "mochi_active_generations", "Generations running on the DiT group", labels),
-            "restarts": A.counter(pb_utils, "mochi_dit_group_restarts_total", "Times the DiT worker group was "
-                                  "respawned", labels),
-            "cancelled": A.counter(pb_utils, "mochi_generations_cancelled_total", "Generations stopped by "
-                                   "cancellation", labels),
-            "queued": A.gauge(pb_utils, "mochi_dit_queued_generations", "Generations waiting for the DiT group",
-                              labels),
-            "queue_wait": A.histogram(pb_utils, "mochi_dit_queue_wait_seconds", "Time a generation waited for the "
-                                      "DiT group", A.LATENCY_BUCKETS, labels),
-        }
-        self._fams = [fam for fam, _ in fams.values()] + A.count_failures(pb_utils, "mochi_dit")
-        self.m = SimpleNamespace(**{name: metric for name, (_, metric) in fams.items()})
-        # A gauge outlives a stub that died with work in flight: start from the truth.
-        self.m.active.set(0)
-        self.m.queued.set(0)
+        self.m = DiTMetrics.create(pb_utils)
 
     def _init_engine(self):
         p = self.params

@@ -7,6 +7,7 @@ import triton_python_backend_utils as pb_utils
 
 from mochi_runtime.loading.loaders import load_text_encoder, open_model_dir
 from mochi_runtime.serving import adapters as A
+from mochi_runtime.serving.metrics import T5Metrics
 from mochi_runtime.serving.embedding_cache import EmbeddingCache
 from mochi_runtime.validation import validate_text
 
@@ -21,25 +22,18 @@ class TritonPythonModel:
         # Our own cache, not Triton's response cache: that one stored an error answer as an empty success and
         # served it to the next request with the same prompt. This one holds successes only.
         self.cache = EmbeddingCache(params.int("cache_bytes", 0))
-        labels = {"model": "t5_encoder"}
-        self._fams = [A.histogram(pb_utils, "mochi_t5_latency_seconds", "T5 prompt encoding time per request",
-                                  A.LATENCY_BUCKETS, labels),
-                      A.counter(pb_utils, "mochi_t5_cache_hits_total", "Prompts answered from the embedding cache",
-                                labels),
-                      A.counter(pb_utils, "mochi_t5_cache_misses_total", "Prompts encoded by T5", labels)]
-        (_, self.latency), (_, self.hits), (_, self.misses) = self._fams
-        self._fams += A.count_failures(pb_utils, "t5_encoder")
+        self.m = T5Metrics.create(pb_utils)
 
     def _encode(self, prompt: str, negative: str):
         cached = self.cache.get((prompt, negative))
         if cached is not None:
-            self.hits.increment(1)
+            self.m.hits.increment(1)
             return cached
         self.encoder.check_lengths(prompt=prompt, negative_prompt=negative)
         emb = self.encoder.encode_cfg(prompt, negative).stacked()  # TEXT_EMBEDS [2, 256, D] in CFGText's order
         out = (emb.features.float().cpu().numpy(), emb.mask.cpu().numpy().astype(np.bool_))
         self.cache.put((prompt, negative), out)
-        self.misses.increment(1)
+        self.m.misses.increment(1)
         return out
 
     def execute(self, requests):
@@ -51,7 +45,7 @@ class TritonPythonModel:
                 feats, mask = self._encode(prompt, negative)
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("TEXT_EMBEDS", feats),
                                                              pb_utils.Tensor("TEXT_MASK", mask)]))
-                self.latency.observe(time.monotonic() - t0)
+                self.m.latency.observe(time.monotonic() - t0)
             except Exception as e:  # per-request error, the model stays up
                 responses.append(A.error_response(pb_utils, e, tag_status=True))
         return responses

@@ -7,6 +7,7 @@ import triton_python_backend_utils as pb_utils
 
 from mochi_runtime.loading.loaders import load_vae, open_model_dir, resolve_dtype
 from mochi_runtime.serving import adapters as A
+from mochi_runtime.serving.metrics import VAEMetrics
 from mochi_runtime.validation import RequestError
 from mochi_runtime.models.vae import DEFAULT_TRIM, check_trim, frames_to_uint8
 from mochi_runtime.models.vae_tiling import TilePlan, decode_tiled, plan_for_budget
@@ -35,10 +36,7 @@ class TritonPythonModel:
             except ImportError as e:
                 raise RuntimeError("vae_decoder: encode_mp4=true needs PyAV (pip install av); "
                                    "or set encode_mp4=false and let clients encode VIDEO") from e
-        self._fam, self.latency = A.histogram(pb_utils, "mochi_vae_latency_seconds",
-                                              "VAE decode + mp4 encode time per request", A.LATENCY_BUCKETS,
-                                              {"model": "vae_decoder"})
-        self._failures = A.count_failures(pb_utils, "vae_decoder")
+        self.m = VAEMetrics.create(pb_utils)
 
     def _check(self, z: np.ndarray) -> None:
         c = self.vae.cfg.latent_channels
@@ -69,7 +67,7 @@ class TritonPythonModel:
                     pb_utils.Tensor("VIDEO", video),
                     pb_utils.Tensor("MP4", np.array([mp4], dtype=np.object_)),
                 ]))
-                self.latency.observe(time.monotonic() - t0)
+                self.m.latency.observe(time.monotonic() - t0)
             except Exception as e:
                 responses.append(A.error_response(pb_utils, e, tag_status=True))
         return responses
