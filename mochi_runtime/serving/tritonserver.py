@@ -74,6 +74,7 @@ class ServerConfig:
 
 
 ADMIN_HEADER = "mochi-admin-key"
+SILENT_HEALTH_POLLS = 3  # mochi_dit READY but silent this many polls in a row: its stub is gone; reload it
 HEALTH_POLL_S = 5.0  # how often the supervisor asks mochi_dit whether a worker group can generate
 RETRY_LOAD_S = 10.0  # a model whose load failed is tried again after this
 RESTART_WINDOW_S = 600.0
@@ -283,9 +284,11 @@ class TritonServer:
           (no longer READY) and left unloaded.
         - mochi_dit is asked for its health (HEALTH, keyed): when none of its worker groups can generate (a
           respawn failed: weights gone, GPU lost), it is unloaded and loaded again until a load works; while
-          it is down the model, and with it /v2/health/ready, reports not ready.
+          it is down the model, and with it /v2/health/ready, reports not ready. When it is READY but does not
+          answer SILENT_HEALTH_POLLS polls in a row, its stub is gone though its pid may still look alive (seen
+          under heavy load: a killed stub stuck in its exit for minutes), and it is reloaded too.
         """
-        last_health = 0.0
+        last_health, silent = 0.0, 0
         while not self._stopping.wait(poll_s):
             if self._ended.is_set():
                 return
@@ -315,9 +318,18 @@ class TritonServer:
             now = time.monotonic()
             if "mochi_dit" in known and "mochi_dit" not in self._down and now - last_health > HEALTH_POLL_S:
                 last_health = now
-                if self.dit_health() == 0 and not self._stopping.is_set():
-                    log.warning("model mochi_dit: no worker group can generate; reloading the model")
+                health = self.dit_health()
+                # No answer while the model is READY: its stub is gone even if its pid still looks alive (a
+                # stub killed mid-exit was seen so for minutes); LOADING or unloaded models are left alone.
+                silent = silent + 1 if health is None and self.model_states().get("mochi_dit") == "READY" else 0
+                if (health == 0 or silent >= SILENT_HEALTH_POLLS) and not self._stopping.is_set():
+                    why = ("no worker group can generate" if health == 0 else
+                           f"no answer to {silent} health polls in a row")
+                    log.warning("model mochi_dit: %s; reloading the model", why)
                     self._reload("mochi_dit")
+                    if silent:
+                        self.stub_reloads.extend(("mochi_dit", p) for p in sorted(known["mochi_dit"]))
+                    silent = 0
             for model, since in list(self._down.items()):  # loads that failed: again every RETRY_LOAD_S
                 if now - since > RETRY_LOAD_S and not self._stopping.is_set():
                     self._reload(model, unload=False)

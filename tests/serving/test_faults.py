@@ -3,6 +3,7 @@ server, SIGTERM in the middle of a generation. Each test owns its server."""
 from __future__ import annotations
 
 import glob
+import faulthandler
 import os
 import signal
 import threading
@@ -65,8 +66,11 @@ def test_a_server_that_dies_on_its_own_is_started_again_and_still_supervised(tmp
         stubs = stub_pids(srv)
         assert len(stubs) == 1
         os.kill(stubs[0], signal.SIGKILL)
-        assert wait_for(lambda: len(srv.stub_reloads) == 1 and len(stub_pids(srv)) == 1 and stub_pids(srv) != stubs
-                        and c.ready(), 120), f"reloads {srv.stub_reloads}\n{srv.log_tail(30)}"
+        back = wait_for(lambda: len(srv.stub_reloads) == 1 and len(stub_pids(srv)) == 1 and stub_pids(srv) != stubs
+                        and c.ready(), 120)
+        if not back:  # where the supervisor's threads are
+            faulthandler.dump_traceback(all_threads=True)
+        assert back, f"reloads {srv.stub_reloads}\n{srv.log_tail(30)}"
 
 
 def test_server_sigkill_leaves_no_process_and_no_shm(tmp_path):
