@@ -74,7 +74,7 @@ class ServerConfig:
 
 
 ADMIN_HEADER = "mochi-admin-key"
-SILENT_HEALTH_POLLS = 3  # mochi_dit READY but silent this many polls in a row: its stub is gone; reload it
+SILENT_HEALTH_POLLS = 3  # mochi_dit READY but silent this many polls in a row (~15 s): reload it
 HEALTH_POLL_S = 5.0  # how often the supervisor asks mochi_dit whether a worker group can generate
 RETRY_LOAD_S = 10.0  # a model whose load failed is tried again after this
 RESTART_WINDOW_S = 600.0
@@ -285,8 +285,9 @@ class TritonServer:
         - mochi_dit is asked for its health (HEALTH, keyed): when none of its worker groups can generate (a
           respawn failed: weights gone, GPU lost), it is unloaded and loaded again until a load works; while
           it is down the model, and with it /v2/health/ready, reports not ready. When it is READY but does not
-          answer SILENT_HEALTH_POLLS polls in a row, its stub is gone though its pid may still look alive (seen
-          under heavy load: a killed stub stuck in its exit for minutes), and it is reloaded too.
+          answer SILENT_HEALTH_POLLS polls in a row, it is reloaded too: under heavy CPU load the pid watch above
+          missed a killed stub now and then (a thread dump showed the supervisor polling on; why the dead pid was
+          not seen is not known), and the health poll does not depend on pids.
         """
         last_health, silent = 0.0, 0
         while not self._stopping.wait(poll_s):
@@ -319,8 +320,8 @@ class TritonServer:
             if "mochi_dit" in known and "mochi_dit" not in self._down and now - last_health > HEALTH_POLL_S:
                 last_health = now
                 health = self.dit_health()
-                # No answer while the model is READY: its stub is gone even if its pid still looks alive (a
-                # stub killed mid-exit was seen so for minutes); LOADING or unloaded models are left alone.
+                # No answer while the model is READY: its stub is gone, whatever the pid watch saw (see the
+                # docstring); LOADING or unloaded models are left alone.
                 silent = silent + 1 if health is None and self.model_states().get("mochi_dit") == "READY" else 0
                 if (health == 0 or silent >= SILENT_HEALTH_POLLS) and not self._stopping.is_set():
                     why = ("no worker group can generate" if health == 0 else
