@@ -90,6 +90,7 @@ class DiTEngine:
                 lane.group.close(timeout=5)
             raise
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self._depth_lock = threading.Lock()  # see _report_depth
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         # generation id -> (step, total, elapsed); step -1 once finished. Waiters long-poll on it.
@@ -138,8 +139,14 @@ class DiTEngine:
         except queue.Full:
             self._forget(job)
             raise QueueFull(f"DiT queue is full ({self._queue.maxsize} waiting); retry later") from None
+        self._report_depth(None)
+
+    def _report_depth(self, waited_s: float | None) -> None:
+        """on_queue with the depth read under one lock: a put and a get racing could otherwise report in the
+        opposite order and leave the gauge at 1 over an empty queue."""
         if self.on_queue is not None:
-            self.on_queue(self._queue.qsize(), None)
+            with self._depth_lock:
+                self.on_queue(self._queue.qsize(), waited_s)
 
     def cancel(self, generation_id: str) -> bool:
         with self._lock:
@@ -198,8 +205,8 @@ class DiTEngine:
     def _run(self, lane: Lane) -> None:
         while True:
             job = self._queue.get()
-            if job is not None and self.on_queue is not None:
-                self.on_queue(self._queue.qsize(), time.monotonic() - job.submitted)
+            if job is not None:
+                self._report_depth(time.monotonic() - job.submitted)
             if job is None or self._closing.is_set():
                 if job is not None:
                     self._refuse(job)
