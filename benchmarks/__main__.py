@@ -2,7 +2,7 @@
 import importlib
 import sys
 
-SUBCOMMANDS = ("dit", "step", "load", "vae", "pipeline", "serving", "plots")
+SUBCOMMANDS = ("dit", "step", "load", "vae", "pipeline", "serving", "cache", "plots")
 
 
 def main() -> int:

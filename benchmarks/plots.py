@@ -125,11 +125,52 @@ def throughput(records: Path, ax) -> None:
     ax.set_title(f"Serving throughput by deployment, 49 frames\n{stamp(rec)}", fontsize=9)
 
 
+def cache_quality(record: dict, ax_pair) -> None:
+    """Step caching: PSNR and SSIM of each mode's videos against the uncached ones, by DiT speed-up."""
+    psnr_ax, ssim_ax = ax_pair
+    summary = rows(record)
+    for ax, key, label in ((psnr_ax, "psnr_mean", "PSNR vs uncached (dB, mean)"),
+                           (ssim_ax, "ssim_mean", "SSIM vs uncached (mean)")):
+        cached = [r for r in summary if r["mode"] != "off"]  # off is the reference: identical, speed-up 1
+        for i, r in enumerate(cached):
+            ax.scatter(r["speedup"], r[key])
+            ax.annotate(f"{r['mode']} ({r['steps_computed']:g}/{record['shape']['steps']} steps)",
+                        (r["speedup"], r[key]), textcoords="offset points", xytext=(5, 8 - 14 * (i % 2)),
+                        fontsize=7)
+        ax.set_xlabel("DiT speed-up over cache off (same prompts and seeds)")
+        ax.set_ylabel(label)
+        ax.margins(0.25)
+    sh = record["shape"]
+    source = {"preset": "random full-size weights", "triton": "through Triton"}.get(record["source"], record["source"])
+    psnr_ax.set_title(f"Step caching, {sh['width']}x{sh['height']}x{sh['frames']}, {source}\n"
+                      f"{stamp(record)}", fontsize=9)
+
+
+def draw_cache_quality(record: dict, path: str | Path) -> None:
+    """cache_quality as a PNG of its own (what `python -m benchmarks cache --plot` writes)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.4, 3.6))
+    cache_quality(record, axes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+CACHE_RECORDS = ("cache_1gpu_49f_h100_a.json", "cache_1gpu_49f_h100_b.json")  # two runs, each with its own off
+
+
+def step_cache(records: Path, ax_pair) -> None:
+    """The step caching records of docs/benchmarks.md in one figure: every mode against its own run's off."""
+    runs = [load(records, name) for name in CACHE_RECORDS]
+    merged = dict(runs[0], results=[r for run in runs for r in rows(run)])
+    cache_quality(merged, ax_pair)
+
+
 FIGURES: dict[str, tuple[Callable, tuple[int, int]]] = {
     "dit_scaling.png": (dit_scaling, (1, 2)),
     "dit_memory.png": (dit_memory, (1, 1)),
     "vae.png": (vae, (1, 2)),
     "serving_throughput.png": (throughput, (1, 1)),
+    "step_cache.png": (step_cache, (1, 2)),
 }
 
 

@@ -150,7 +150,7 @@ def serve_and_measure(dep: Deployment, a, work: Path) -> dict:
             out["ensemble_frames"] = list(res.video.shape)
             stamps: list[float] = []
             ts = time.perf_counter()
-            res = c.stream(PROMPT, steps=a.steps, seed=a.seed, on_progress=lambda s, n, e: stamps.append(
+            res = c.stream(PROMPT, steps=a.steps, seed=a.seed, on_progress=lambda s, n, e, k: stamps.append(
                 time.perf_counter()), **knobs)
             out["stream_s"] = round(time.perf_counter() - ts, 2)
             out["stream_frames"] = list(res.video.shape)

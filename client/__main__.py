@@ -24,9 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--guidance", type=float, default=None)
     g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--cache", default=None,
+                   help="step caching: off, teacache:<threshold>, fbcache:<threshold>, interval:<n> (default: the "
+                        "server's)")
     g.add_argument("--timeout", type=float, default=3600.0)
     a = ap.parse_args(argv)
-    knobs = dict(frames=a.frames, height=a.height, width=a.width, steps=a.steps, guidance=a.guidance, seed=a.seed)
+    knobs = dict(frames=a.frames, height=a.height, width=a.width, steps=a.steps, guidance=a.guidance, seed=a.seed,
+                 cache=a.cache)
     with MochiClient(a.url, a.protocol, a.timeout) as client:
         try:
             if a.stream:
@@ -34,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
 
                 bar = tqdm(desc="denoise", unit="step")
 
-                def progress(i: int, total: int, elapsed: float) -> None:
+                def progress(i: int, total: int, elapsed: float, skipped: int) -> None:
                     bar.total = total
                     bar.n = i
-                    bar.set_postfix(elapsed=f"{elapsed:.1f}s")
+                    bar.set_postfix(elapsed=f"{elapsed:.1f}s", **({"skipped": skipped} if skipped else {}))
                     bar.refresh()
 
                 try:
@@ -55,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     result.save(a.out)
     f, h, w, _ = result.video.shape
-    print(f"{f} frames {w}x{h}", file=sys.stderr)
+    counted = "" if result.steps_skipped is None else \
+        f", {result.steps_computed} steps computed, {result.steps_skipped} skipped"
+    print(f"{f} frames {w}x{h}{counted}", file=sys.stderr)
     print(os.path.abspath(a.out))
     return 0
 

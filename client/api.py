@@ -11,10 +11,10 @@ from tritonclient.utils import InferenceServerException
 
 # generate()/stream() keyword -> the Triton input it fills
 KNOB_INPUTS = {"frames": "NUM_FRAMES", "height": "HEIGHT", "width": "WIDTH", "steps": "STEPS", "guidance": "GUIDANCE",
-               "seed": "SEED"}
+               "seed": "SEED", "cache": "CACHE"}
 KNOB_TYPES = {"NUM_FRAMES": "INT32", "HEIGHT": "INT32", "WIDTH": "INT32", "STEPS": "INT32", "GUIDANCE": "FP32",
-              "SEED": "INT64"}
-NP_TYPES = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+              "SEED": "INT64", "CACHE": "BYTES"}
+NP_TYPES = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BYTES": np.object_}
 
 
 # A stream's error carries its status at the end of the message (gRPC's stream responses have no status field).
@@ -51,6 +51,20 @@ def infer_inputs(mod, values: list[tuple[str, np.ndarray, str]]) -> list:
 class GenerationResult:
     video: np.ndarray  # uint8 [F, H, W, 3]
     mp4: bytes
+    steps_computed: int | None = None  # denoising steps that ran the DiT's blocks
+    steps_skipped: int | None = None  # steps the step cache skipped (the request's cache mode)
+
+    @classmethod
+    def from_response(cls, result) -> "GenerationResult":
+        """From a tritonclient InferResult (gRPC or HTTP) holding VIDEO and MP4; the step counts when the server
+        sends them."""
+
+        def count(name: str) -> int | None:
+            arr = result.as_numpy(name)  # None when the response has no such output
+            return None if arr is None else int(arr[0])
+
+        return cls(result.as_numpy("VIDEO"), bytes(result.as_numpy("MP4")[0]), count("STEPS_COMPUTED"),
+                   count("STEPS_SKIPPED"))
 
     def save(self, path: str) -> str:
         """Write the server's mp4; when the server sent none (vae_decoder encode_mp4=false), encode VIDEO here."""
@@ -110,6 +124,8 @@ class MochiClient:
             if value is None:
                 continue
             name = KNOB_INPUTS[key]
+            if KNOB_TYPES[name] == "BYTES":
+                value = value.encode("utf-8") if isinstance(value, str) else value
             values.append((name, np.array([value], dtype=NP_TYPES[KNOB_TYPES[name]]), KNOB_TYPES[name]))
         return infer_inputs(self._mod, values)
 
@@ -121,11 +137,13 @@ class MochiClient:
 
     def generate(self, prompt: str, negative_prompt: str | None = None, *, frames: int | None = None,
                  height: int | None = None, width: int | None = None, steps: int | None = None,
-                 guidance: float | None = None, seed: int | None = None) -> GenerationResult:
+                 guidance: float | None = None, seed: int | None = None, cache: str | None = None
+                 ) -> GenerationResult:
         """One video through `mochi`. KeyboardInterrupt cancels it on the server (gRPC) and raises Cancelled;
-        over HTTP the server stops it when the timeout passes. No seed: the server's default (0)."""
+        over HTTP the server stops it when the timeout passes. No seed: the server's default (0). cache: step
+        caching ("off", "teacache:0.06", "fbcache:<t>", "interval:2"); None: the server's default."""
         inputs = self._inputs(prompt, negative_prompt, frames=frames, height=height, width=width, steps=steps,
-                              guidance=guidance, seed=seed)
+                              guidance=guidance, seed=seed, cache=cache)
         if self.protocol == "http":
             result = self._client.infer("mochi", inputs, timeout=self._server_timeout_us)
         else:
@@ -145,18 +163,19 @@ class MochiClient:
                 raise Cancelled("generation cancelled") from None
             if error is not None:
                 raise error
-        return GenerationResult(result.as_numpy("VIDEO"), bytes(result.as_numpy("MP4")[0]))
+        return GenerationResult.from_response(result)
 
     def stream(self, prompt: str, negative_prompt: str | None = None, *,
-               on_progress: Callable[[int, int, float], None] | None = None,
+               on_progress: Callable[[int, int, float, int], None] | None = None,
                should_cancel: Callable[[], bool] | None = None, frames: int | None = None,
                height: int | None = None, width: int | None = None, steps: int | None = None,
-               guidance: float | None = None, seed: int | None = None) -> GenerationResult:
-        """Progress per denoising step; KeyboardInterrupt or should_cancel() cancels on the server."""
+               guidance: float | None = None, seed: int | None = None, cache: str | None = None) -> GenerationResult:
+        """on_progress(step, total, elapsed_s, skipped) per denoising step (skipped: steps the step cache skipped
+        so far); KeyboardInterrupt or should_cancel() cancels on the server."""
         if self.protocol != "grpc":
             raise ValueError("streaming needs gRPC (HTTP does not serve decoupled models)")
         inputs = self._inputs(prompt, negative_prompt, frames=frames, height=height, width=width, steps=steps,
-                              guidance=guidance, seed=seed)
+                              guidance=guidance, seed=seed, cache=cache)
         events: queue.Queue = queue.Queue()
         self._client.start_stream(callback=lambda result, error: events.put((result, error)),
                                   stream_timeout=self.timeout_s)
@@ -175,9 +194,10 @@ class MochiClient:
                 outputs = {o.name for o in result.get_response().outputs}
                 if "STEP" in outputs and on_progress is not None:
                     on_progress(int(result.as_numpy("STEP")[0]), int(result.as_numpy("TOTAL_STEPS")[0]),
-                                float(result.as_numpy("ELAPSED")[0]))
+                                float(result.as_numpy("ELAPSED")[0]),
+                                int(result.as_numpy("STEPS_SKIPPED")[0]) if "STEPS_SKIPPED" in outputs else 0)
                 if "MP4" in outputs:
-                    return GenerationResult(result.as_numpy("VIDEO"), bytes(result.as_numpy("MP4")[0]))
+                    return GenerationResult.from_response(result)
                 if should_cancel is not None and should_cancel():
                     raise KeyboardInterrupt
         except KeyboardInterrupt:

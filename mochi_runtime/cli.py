@@ -26,10 +26,14 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--guidance", type=float, default=d.guidance)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--cache", default=d.cache,
+                   help="step caching: off, teacache:<threshold> (e.g. 0.06), fbcache:<threshold>, interval:<n> "
+                        "(default %(default)s; docs/operations.md says what each costs)")
 
 
 def request_from_args(a: argparse.Namespace) -> GenerationRequest:
-    return GenerationRequest(a.prompt, a.negative_prompt, a.frames, a.height, a.width, a.steps, a.guidance, a.seed)
+    return GenerationRequest(a.prompt, a.negative_prompt, a.frames, a.height, a.width, a.steps, a.guidance, a.seed,
+                             a.cache)
 
 
 @dataclasses.dataclass
@@ -108,8 +112,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
     request = run.request
     bar = tqdm(total=request.steps, desc="denoise", unit="step", disable=a.quiet)
 
-    def on_step(i: int, total: int) -> None:
+    def on_step(i: int, total: int, skipped: int) -> None:
         bar.update(1)
+        if skipped:
+            bar.set_postfix(skipped=skipped, refresh=False)
 
     try:
         result = run.pipeline.generate(request, on_step=on_step)
@@ -122,8 +128,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     codec = encode_mp4(result.frames, out)
     result.times["encode"] = time.perf_counter() - t1
+    cached = f", {result.steps_computed} of {result.steps} steps computed ({request.cache})" \
+        if request.cache != "off" else ""
     print(f"load {run.load_s:.2f}s  {result.times.summary()}  ({codec}, {result.frames.shape[0]} frames "
-          f"{request.width}x{request.height})", file=sys.stderr)
+          f"{request.width}x{request.height}{cached})", file=sys.stderr)
     print(out.resolve())
     return 0
 

@@ -12,6 +12,8 @@ so that every measured case lands below its estimate:
 
 Ulysses ranks hold all-to-all buffers besides (factor 1.4). Sharded weights keep
 1/N of the DiT plus about three gathered blocks (current, prefetched, in flight).
+A step cache keeps one or two activation-sized tensors per rank for the whole
+generation (its residual, and the measure's reference), counted on top.
 """
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ import torch
 
 from .models.config import DiTConfig
 from .models.dit import AsymmDiT
+from .models.step_cache import tensors_kept
 from .models.vae_tiling import estimate_bytes, plan_for_budget
-from .validation import GenerationRequest, RequestError
+from .validation import CacheMode, GenerationRequest, RequestError
 
 HIDDEN_VECTORS_PER_TOKEN = 22  # activation bytes per token-sample / (hidden_size_x * dtype bytes)
 ULYSSES_FACTOR = 1.4
@@ -96,23 +99,42 @@ class DiTMemoryModel:
         return GATHERED_BLOCKS * _param_counts(self.cfg)[1] * self.dtype_bytes
 
     def activation_bytes(self, request: GenerationRequest) -> int:
-        t, h, w = request.latent_shape[2:]
-        tokens = t * (h // self.cfg.patch_size) * (w // self.cfg.patch_size)
-        sp = self.ulysses * self.ring
-        batch = 1 if self.cfg_degree == 2 or request.guidance == 1.0 else 2
-        token_samples = batch * math.ceil(tokens / sp)
+        """The forward pass's peak activations (the fit in the module docstring), without the step cache."""
+        token_samples = self._token_samples(request)
         per = HIDDEN_VECTORS_PER_TOKEN * self.cfg.hidden_size_x * self.dtype_bytes
         factor = ULYSSES_FACTOR if self.ulysses > 1 else 1.0
         return int(token_samples * per * factor) + (GPU_FIXED_BYTES if self.gpu else 0)
 
+    def cache_bytes(self, request: GenerationRequest) -> int:
+        """What the request's step cache keeps on each rank for the whole generation: activation-sized tensors
+        [batch per rank, visual tokens per rank, hidden_size_x] in the model dtype (step_cache.tensors_kept)."""
+        kept = tensors_kept(CacheMode.parse(request.cache))
+        return kept * self._token_samples(request) * self.cfg.hidden_size_x * self.dtype_bytes
+
+    def _token_samples(self, request: GenerationRequest) -> int:
+        """Visual token-samples one rank carries through the blocks (its CFG branches x its token share)."""
+        t, h, w = request.latent_shape[2:]
+        tokens = t * (h // self.cfg.patch_size) * (w // self.cfg.patch_size)
+        batch = 1 if self.cfg_degree == 2 or request.guidance == 1.0 else 2
+        return batch * math.ceil(tokens / (self.ulysses * self.ring))
+
     def total_bytes(self, request: GenerationRequest) -> int:
-        return self.weight_bytes() + self.gather_bytes() + self.activation_bytes(request)
+        return self.weight_bytes() + self.gather_bytes() + self.activation_bytes(request) + self.cache_bytes(request)
 
     def check(self, request: GenerationRequest, budget_bytes: int) -> None:
         """RequestError (INVALID_ARG) before anything runs when the request cannot fit the per-GPU budget."""
         if budget_bytes <= 0:
             return
         need = self.total_bytes(request)
+        cache = self.cache_bytes(request)
+        if need > budget_bytes >= need - cache:
+            raise RequestError(
+                "cache",
+                f"{request.cache} keeps {cache / 2**30:.2f} GiB per GPU for {request.num_frames} frames at "
+                f"{request.width}x{request.height}, which this server's memory_budget_bytes={budget_bytes} "
+                f"({budget_bytes / 2**30:.2f} GiB) cannot hold beside the generation itself; use cache off or "
+                f"interval:<n> (one tensor instead of two), or fewer frames or pixels",
+            )
         if need > budget_bytes:
             raise RequestError(
                 "num_frames",
@@ -201,7 +223,7 @@ def _fit(budget_bytes: int, dit: DiTMemoryModel, request: GenerationRequest, t5_
         for offload in (False, True):
             resident = model.weight_bytes() + vae_weights + (0 if offload else t5_bytes)
             encode = resident + (t5_bytes if offload else 0) + t5_activation_bytes
-            denoise = resident + model.gather_bytes() + model.activation_bytes(request)
+            denoise = resident + model.gather_bytes() + model.activation_bytes(request) + model.cache_bytes(request)
             words = f"{model.describe()}, T5 {'offloaded between encodes' if offload else 'resident'}, VAE in tiles"
             usable = budget_bytes - (ALLOCATOR_HEADROOM_BYTES if dit.gpu else 0)
             try:

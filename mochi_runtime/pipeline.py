@@ -17,10 +17,11 @@ import torch
 
 from .loading.loaders import check_text_width, load_dit, load_text_encoder, load_vae, open_model_dir, resolve_device, resolve_dtype
 from .models.dit import AsymmDiT
+from .models.step_cache import StepCache
 from .sampler import CFGVelocity, StepCallback, euler_sample, initial_noise, linear_quadratic_schedule
 from .models.text_encoder import CFGText, TextEncoder
 from .timing import StageTimes
-from .validation import GenerationRequest, Limits, validate
+from .validation import CacheMode, GenerationRequest, Limits, validate
 from .models.vae import VAEDecoder, frames_to_uint8
 from .models.vae_tiling import TilePlan, decode_tiled, grid_plan
 
@@ -31,6 +32,12 @@ class GenerationResult:
     frames: np.ndarray  # uint8 [F, H, W, 3]
     latents: torch.Tensor  # fp32 [1, 12, T, h, w] on CPU
     times: StageTimes = field(default_factory=StageTimes)
+    steps: int = 0  # denoising steps run
+    steps_skipped: int = 0  # of them, steps whose block stack the step cache skipped
+
+    @property
+    def steps_computed(self) -> int:
+        return self.steps - self.steps_skipped
 
 
 class Denoiser(Protocol):
@@ -50,10 +57,12 @@ def run_sampler(dit: AsymmDiT, request: GenerationRequest, text: CFGText, on_ste
         fp32 latents [1, 12, T, H/8, W/8] on CPU (T = (frames - 1) / 6 + 1).
     """
     device = next(dit.parameters()).device
-    velocity = CFGVelocity(dit, text.to(device), request.guidance)
+    mode = CacheMode.parse(request.cache)
+    cache = None if mode.kind == "off" else StepCache(mode, request.steps)
+    velocity = CFGVelocity(dit, text.to(device), request.guidance, cache)
     z = initial_noise(request.seed, request.latent_shape).to(device)
     with torch.inference_mode():
-        return euler_sample(velocity, z, linear_quadratic_schedule(request.steps), on_step).cpu()
+        return euler_sample(velocity, z, linear_quadratic_schedule(request.steps), on_step, cache).cpu()
 
 
 class LocalDenoiser:
@@ -129,9 +138,16 @@ class MochiPipeline:
         dev = self.device
         with times.stage("text", dev):
             text = self.encode_text(request)
+        skipped = [0]
+
+        def step(i: int, total: int, n_skipped: int) -> None:
+            skipped[0] = n_skipped
+            if on_step is not None:
+                on_step(i, total, n_skipped)
+
         with times.stage("denoise", dev):
-            latents = self.denoiser.denoise(request, text, on_step)
+            latents = self.denoiser.denoise(request, text, step)
         with times.stage("decode", dev):
             frames = self.decode(latents)
         assert frames.shape == (request.num_frames, request.height, request.width, 3), frames.shape
-        return GenerationResult(frames, latents, times)
+        return GenerationResult(frames, latents, times, request.steps, skipped[0])

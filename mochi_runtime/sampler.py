@@ -10,6 +10,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from .models.step_cache import StepCache
 from .models.text_encoder import CFGText
 
 
@@ -56,10 +57,12 @@ def guide(both: torch.Tensor, guidance: float) -> torch.Tensor:
 
 
 class CFGVelocity:
-    """Runs a DiT on the conditional and unconditional branches as one batch of 2."""
+    """Runs a DiT on the conditional and unconditional branches as one batch of 2.
 
-    def __init__(self, dit: torch.nn.Module, text: CFGText, guidance: float):
-        self.dit, self.guidance = dit, guidance
+    cache: the generation's StepCache (None: every step computed); each call is its next step."""
+
+    def __init__(self, dit: torch.nn.Module, text: CFGText, guidance: float, cache: StepCache | None = None):
+        self.dit, self.guidance, self.cache = dit, guidance, cache
         self.use_cfg = guidance != 1.0  # guidance 1 is the prompt's branch alone
         emb = text.stacked() if self.use_cfg else text.cond
         self.feats, self.mask = emb.features, emb.mask
@@ -68,22 +71,25 @@ class CFGVelocity:
         b = 2 if self.use_cfg else 1
         x = z.expand(b, *z.shape[1:]) if self.use_cfg else z
         s = torch.full((b,), sigma, dtype=torch.float32, device=z.device)
-        v = self.dit(x, s, self.feats, self.mask).float()
+        v = self.dit(x, s, self.feats, self.mask, cache=self.cache).float()
         return guide(v, self.guidance) if self.use_cfg else v
 
 
-StepCallback = Callable[[int, int], None]
+# on_step(step, total, skipped): `step` of `total` steps done, `skipped` of them reused a cached residual
+StepCallback = Callable[[int, int, int], None]
 
 
-def euler_sample(
-    velocity: Velocity, z: torch.Tensor, sigmas: list[float], on_step: StepCallback | None = None
-) -> torch.Tensor:
-    """z_{i+1} = z_i + (sigma_i - sigma_{i+1}) * v(z_i, sigma_i), in fp32. on_step(i, total) may raise to stop."""
+def euler_sample(velocity: Velocity, z: torch.Tensor, sigmas: list[float], on_step: StepCallback | None = None,
+                 cache: StepCache | None = None) -> torch.Tensor:
+    """z_{i+1} = z_i + (sigma_i - sigma_{i+1}) * v(z_i, sigma_i), in fp32.
+
+    on_step(i, total, skipped) after each step may raise to stop. cache: the StepCache the velocity uses, whose
+    count of skipped steps on_step reports."""
     z = z.float()
     total = len(sigmas) - 1
     for i in range(total):
         v = velocity(z, sigmas[i])
         z = z + (sigmas[i] - sigmas[i + 1]) * v
         if on_step is not None:
-            on_step(i + 1, total)
+            on_step(i + 1, total, 0 if cache is None else cache.skipped)
     return z

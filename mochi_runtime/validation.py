@@ -40,6 +40,7 @@ class GenerationRequest:
     steps: int = 64
     guidance: float = 4.5
     seed: int = 0
+    cache: str = "off"  # step caching (CacheMode's text): off, teacache:<t>, fbcache:<t>, interval:<n>[:<w>]
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int, int]:
@@ -47,6 +48,66 @@ class GenerationRequest:
 
     def with_(self, **changes: Any) -> "GenerationRequest":
         return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class CacheMode:
+    """Which denoising steps skip the DiT's block stack and reuse the last computed residual
+    (models/step_cache.py does it; docs/operations.md says which to use).
+
+    off: every step computed (the default). teacache:<t>: TeaCache with Mochi-1's published calibration, skip
+    while the accumulated rescaled change of block 0's modulated input stays under t. fbcache:<t>: First Block
+    Cache, run block 0 and skip the rest while its residual moved less than t (relative L1) since the last
+    computed step. interval:<n>[:<w>]: compute the first w steps (default 1), then every n-th. Every mode
+    computes the first and the last step; threshold 0 and interval 1 compute every step.
+    """
+
+    kind: str = "off"
+    threshold: float = 0.0  # teacache, fbcache
+    every: int = 1  # interval
+    warmup: int = 1  # interval
+
+    KINDS = ("off", "teacache", "fbcache", "interval")
+    RULE = "must be off, teacache:<threshold>, fbcache:<threshold> or interval:<n>[:<warm-up steps>]"
+
+    @classmethod
+    def parse(cls, text: Any) -> "CacheMode":
+        """RequestError("cache", ...) for anything but the forms above (thresholds finite and >= 0, n and w
+        integers >= 1)."""
+        if isinstance(text, (bytes, bytearray)):
+            text = bytes(text).decode("utf-8", "replace")
+        if not isinstance(text, str):
+            raise RequestError("cache", f"{cls.RULE}, got {type(text).__name__}")
+        if len(text) > 64:
+            raise RequestError("cache", f"{cls.RULE}, got {len(text)} characters")
+        kind, _, arg = text.strip().lower().partition(":")
+        if kind == "off" and not arg:
+            return cls()
+        if kind in ("teacache", "fbcache"):
+            try:
+                t = float(arg)
+            except ValueError:
+                raise RequestError("cache", f"{cls.RULE}; the threshold must be a number, got {text!r}") from None
+            if not math.isfinite(t) or t < 0:
+                raise RequestError("cache", f"{kind} threshold must be finite and >= 0, got {text!r}")
+            return cls(kind, threshold=t)
+        if kind == "interval":
+            n, _, w = arg.partition(":")
+            try:
+                every, warmup = int(n), int(w) if w else 1
+            except ValueError:
+                raise RequestError("cache", f"{cls.RULE}; n and w must be integers, got {text!r}") from None
+            if every < 1 or warmup < 1:
+                raise RequestError("cache", f"interval n and warm-up must be >= 1, got {text!r}")
+            return cls(kind, every=every, warmup=warmup)
+        raise RequestError("cache", f"{cls.RULE}, got {text!r}")
+
+    def __str__(self) -> str:
+        if self.kind in ("teacache", "fbcache"):
+            return f"{self.kind}:{self.threshold!r}"
+        if self.kind == "interval":
+            return f"interval:{self.every}" + (f":{self.warmup}" if self.warmup != 1 else "")
+        return "off"
 
 
 def _as_text(field: str, value: Any, cap: int, allow_empty: bool) -> str:
@@ -135,4 +196,5 @@ def validate(request: GenerationRequest, limits: Limits = Limits(), check_text: 
     if not 0 <= seed <= SEED_MAX:
         raise RequestError("seed", f"must be between 0 and 2**63-1, got {seed}")
 
-    return GenerationRequest(prompt, negative, frames, dims["height"], dims["width"], steps, g, seed)
+    cache = str(CacheMode.parse(request.cache))
+    return GenerationRequest(prompt, negative, frames, dims["height"], dims["width"], steps, g, seed, cache)

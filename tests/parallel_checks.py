@@ -132,3 +132,20 @@ def sharded_check(rank: int, world: int, layout, shard_over: str, port: int, mod
         total = sum(p.numel() for p in replicated.dit.parameters())
         out_q.put((rank, error(b, a), float((b - c).abs().max()), local_parameter_count(sharded_dit), total))
         dist.barrier()  # see forward_check
+
+
+def local_runs(model_dir: str, requests: list, text, n_threads: int) -> list:
+    """The single-process sampler on each request, in a fresh process with `n_threads` CPU threads: per request
+    (latents, skipped steps so far after each step)."""
+    torch.set_num_threads(n_threads)
+    from mochi_runtime.loading.checkpoints import ModelDir
+    from mochi_runtime.pipeline import run_sampler
+    from mochi_runtime.loading.loaders import load_dit
+
+    dit = load_dit(ModelDir.open(model_dir), torch.device("cpu"), torch.float32)
+    out = []
+    for request in requests:
+        skipped: list[int] = []
+        latents = run_sampler(dit, request, text, on_step=lambda i, n, s: skipped.append(s))
+        out.append((latents, skipped))
+    return out

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ..ops import qk_rope
 from ..ops.attention import JointAttention, LocalJointAttention
 from .config import DiTConfig
+from .step_cache import StepCache
 
 
 def rms(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -241,7 +242,14 @@ class AsymmetricJointBlock(nn.Module):
             y = gated_residual(y, self.mlp_y(modulated_rmsnorm(y, scale_mlp_y, self.eps)), gate_mlp_y, self.eps)
         return x, y
 
-    def forward(self, x, c, y, y_mask, rope, joint_attention: JointAttention):
+    def modulated_input(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The attention's modulated visual input, rmsnorm(x) * (1 + scale_msa_x): TeaCache's change measure."""
+        scale_msa_x = cond_linear(self.mod_x, F.silu(c)).chunk(4, dim=1)[0]
+        return modulated_rmsnorm(x, scale_msa_x, self.eps)
+
+    def forward(self, x, c, y, y_mask, rope, joint_attention: JointAttention, modulated_input_only: bool = False):
+        if modulated_input_only:  # through __call__, so sharded (FSDP) weights are gathered for it
+            return self.modulated_input(x, c)
         # An attention may ask for the visual Q/K/V in the layout it exchanges (see AsymmetricAttention.project).
         qkv, mods_x, mods_y = self.pre_attention(x, c, y, rope, getattr(joint_attention, "visual_split", None))
         out_x, out_y = joint_attention(*qkv, y_mask)
@@ -331,9 +339,30 @@ class AsymmDiT(nn.Module):
                 setattr(block, part, torch.compile(getattr(block, part), dynamic=False, **options))
         return self
 
-    def run_blocks(self, tokens, c, y, y_mask, rope):
-        for block in self.blocks:
+    def run_blocks(self, tokens, c, y, y_mask, rope, cache: StepCache | None = None, valid_rows: int | None = None):
+        """The block stack over the visual tokens [B, n, D] (this rank's share under sequence parallelism).
+
+        cache: the generation's StepCache; it decides whether this step runs the stack or reuses its last
+        residual (step_cache.py). valid_rows: rows of `tokens` that are real tokens, not padding (the measures
+        see only those)."""
+        blocks = list(self.blocks)
+        if cache is None:
+            for block in blocks:
+                tokens, y = block(tokens, c, y, y_mask, rope, self.joint_attention)
+            return tokens
+        signal = None
+        if cache.measure == "modulated_input":
+            signal = blocks[0](tokens, c, y, y_mask, rope, self.joint_attention, modulated_input_only=True)
+        elif cache.measure == "first_block":
+            before = tokens
+            tokens, y = blocks[0](tokens, c, y, y_mask, rope, self.joint_attention)
+            signal, blocks = tokens - before, blocks[1:]
+        if not cache.decide(None if signal is None else signal[:, :valid_rows]):
+            return cache.reuse(tokens)
+        start = tokens
+        for block in blocks:
             tokens, y = block(tokens, c, y, y_mask, rope, self.joint_attention)
+        cache.remember(tokens - start)
         return tokens
 
     def unembed(self, tokens: torch.Tensor, c: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -344,18 +373,22 @@ class AsymmDiT(nn.Module):
         return out.reshape(b, ch, t, h, w)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, y_feat: torch.Tensor, y_mask: torch.Tensor,
-                sharding: TokenSharding | None = None):
+                sharding: TokenSharding | None = None, cache: StepCache | None = None):
         """x [B, 12, T, H, W] latents, sigma [B], y_feat [B, L, 4096], y_mask [B, L] -> velocity like x.
 
         With `sharding` the blocks see only this rank's share of the visual tokens (sequence parallelism);
-        the whole pass still goes through this module's __call__, which FSDP's hooks rely on.
+        the whole pass still goes through this module's __call__, which FSDP's hooks rely on. With `cache`
+        (one per generation, this forward being its next step) the block stack may be skipped
+        (step_cache.py).
         """
         tokens, c, y = self.embed(x, sigma, y_feat, y_mask)
         p = self.cfg.patch_size
         rope = self.rope(x.shape[2], x.shape[3] // p, x.shape[4] // p, x.device)
+        valid_rows = tokens.shape[1]
         if sharding is not None:
             tokens, rope = sharding.split(tokens, rope)
-        tokens = self.run_blocks(tokens, c, y, y_mask.bool(), rope)
+            valid_rows = sharding.valid_rows
+        tokens = self.run_blocks(tokens, c, y, y_mask.bool(), rope, cache, valid_rows)
         if sharding is not None:
             tokens = sharding.gather(tokens)
         return self.unembed(tokens, c, x.shape)
@@ -368,3 +401,8 @@ class TokenSharding(Protocol):
               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]: ...
 
     def gather(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    @property
+    def valid_rows(self) -> int:
+        """Rows of this rank's share (after `split`) that are tokens, not padding."""
+        ...

@@ -99,8 +99,8 @@ class WorkerGroup:
         self.close(timeout=5)
         raise WorkerGroupError(f"DiT worker group is down: {why}")
 
-    def denoise(self, request, text, on_step: Callable[[int, int], None] | None = None):
-        """Run one request on the group. on_step(i, total) may raise Cancelled to stop it."""
+    def denoise(self, request, text, on_step: Callable[[int, int, int], None] | None = None):
+        """Run one request on the group. on_step(step, total, skipped) may raise Cancelled to stop it."""
         if not self.alive():
             raise WorkerGroupError("DiT worker group is not running")
         with self._lock:

@@ -31,8 +31,10 @@ import torch.nn.functional as F
 from ..ops.attention import (LocalJointAttention, TextGroups, attend, attend_with_lse, check_ring_kernel,
                              merge_partials, put_rows)
 from ..models.dit import AsymmDiT
+from ..models.step_cache import StepCache
 from ..sampler import guide
 from ..models.text_encoder import CFGText
+from ..validation import CacheMode
 from .topology import ParallelGroups, engine_names
 
 
@@ -235,8 +237,23 @@ class SequenceParallelDiT:
             raise ValueError(f"attention engine must be {engine_names()}, got {engine!r}")
         dit.joint_attention = self.attention
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, y_feat: torch.Tensor, y_mask: torch.Tensor):
-        return self.dit(x, sigma, y_feat, y_mask, sharding=self)
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, y_feat: torch.Tensor, y_mask: torch.Tensor,
+                 cache: StepCache | None = None):
+        return self.dit(x, sigma, y_feat, y_mask, sharding=self, cache=cache)
+
+    def step_cache(self, mode: CacheMode, steps: int) -> StepCache | None:
+        """A generation's StepCache whose measures are summed over the whole group (None for mode off)."""
+        return None if mode.kind == "off" else StepCache(mode, steps, self.reduce_sum)
+
+    def reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum t over every rank of the group, in place: over the sp group (the tokens), then over the CFG pair
+        (the branches). Every rank ends with the same values."""
+        g = self.groups
+        if g.layout.sp > 1:
+            dist.all_reduce(t, group=g.sp_group)
+        if g.layout.cfg > 1:
+            dist.all_reduce(t, group=g.cfg_group)
+        return t
 
     def split(self, tokens: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
         """This rank's contiguous share of the visual tokens and their RoPE, zero-padded to equal shares."""
@@ -249,6 +266,7 @@ class SequenceParallelDiT:
         local = F.pad(tokens, (0, 0, 0, pad))[:, start:start + self._n_local]
         local_rope = tuple(F.pad(t, (0, 0, 0, 0, 0, pad))[start:start + self._n_local] for t in rope)
         self.attention.valid_tokens = n
+        self.valid_rows = max(0, min(self._n_local, n - start))
         return local, local_rope
 
     def gather(self, local: torch.Tensor) -> torch.Tensor:
@@ -269,8 +287,8 @@ class ParallelCFGVelocity:
     The two branch velocities are combined after one all-gather over the CFG pair.
     """
 
-    def __init__(self, model: SequenceParallelDiT, text: CFGText, guidance: float):
-        self.model, self.guidance = model, guidance
+    def __init__(self, model: SequenceParallelDiT, text: CFGText, guidance: float, cache: StepCache | None = None):
+        self.model, self.guidance, self.cache = model, guidance, cache
         g = model.groups
         # With guidance 1 there is no second branch: both CFG halves run the conditional one.
         self.cfg_parallel = g.layout.cfg == 2 and guidance != 1.0
@@ -285,7 +303,7 @@ class ParallelCFGVelocity:
     def __call__(self, z: torch.Tensor, sigma: float) -> torch.Tensor:
         b = self.feats.shape[0]
         s = torch.full((b,), sigma, dtype=torch.float32, device=z.device)
-        v = self.model(z.expand(b, *z.shape[1:]), s, self.feats, self.mask).float()
+        v = self.model(z.expand(b, *z.shape[1:]), s, self.feats, self.mask, self.cache).float()
         if self.cfg_parallel:
             both = torch.empty((2 * v.shape[0], *v.shape[1:]), dtype=v.dtype, device=v.device)
             dist.all_gather_into_tensor(both, v.contiguous(), group=self.model.groups.cfg_group)  # by cfg_index

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from ..ops.attention import check_ring_kernel
 from ..errors import Cancelled
+from ..validation import CacheMode
 from .bootstrap import joined
 from .topology import ATTENTION_ENGINES, ParallelGroups, device_for_rank, engine_names
 
@@ -134,8 +135,10 @@ def build_model(spec: GroupSpec, groups: ParallelGroups, local_rank: int):
 
 
 def run_task(model, task: Task, device, should_stop: Callable[[int, int], bool],
-             on_step: Callable[[int, int], None] | None = None):
-    """Run one request's sampler on this rank; returns fp32 latents on CPU (identical on all ranks)."""
+             on_step: Callable[[int, int, int], None] | None = None):
+    """Run one request's sampler on this rank; returns fp32 latents on CPU (identical on all ranks).
+
+    on_step(step, total, skipped) after every step (sampler.StepCallback)."""
     import torch  # worker only (module docstring)
     import torch.distributed as dist  # worker only (module docstring)
 
@@ -143,20 +146,21 @@ def run_task(model, task: Task, device, should_stop: Callable[[int, int], bool],
     from .usp import ParallelCFGVelocity  # worker only (module docstring)
 
     req = task.request
-    velocity = ParallelCFGVelocity(model, task.text.to(device), req.guidance)
+    cache = model.step_cache(CacheMode.parse(req.cache), req.steps)
+    velocity = ParallelCFGVelocity(model, task.text.to(device), req.guidance, cache)
     flag = torch.zeros(1, dtype=torch.int32)
 
-    def step_hook(i: int, total: int) -> None:
+    def step_hook(i: int, total: int, skipped: int) -> None:
         flag[0] = 1 if should_stop(i, total) else 0
         dist.broadcast(flag, src=0, group=model.groups.control)
         if on_step is not None:
-            on_step(i, total)
+            on_step(i, total, skipped)
         if int(flag[0]):
             raise Cancelled(f"cancelled after step {i} of {total}")
 
     z = initial_noise(req.seed, req.latent_shape).to(device)
     with torch.inference_mode():
-        return euler_sample(velocity, z, linear_quadratic_schedule(req.steps), step_hook).cpu()
+        return euler_sample(velocity, z, linear_quadratic_schedule(req.steps), step_hook, cache).cpu()
 
 
 def broadcast_task(task: Any, groups) -> Any:
@@ -214,9 +218,9 @@ def serve_tasks(model, device, rank: int, conn, cancel_flag, vae: LazyVAE) -> No
         def should_stop(i: int, total: int) -> bool:
             return rank == 0 and bool(cancel_flag.value)
 
-        def progress(i: int, total: int) -> None:
+        def progress(i: int, total: int, skipped: int) -> None:
             if rank == 0:
-                conn.send(("progress", (i, total)))
+                conn.send(("progress", (i, total, skipped)))
 
         try:
             latents = run_task(model, task, device, should_stop, progress)

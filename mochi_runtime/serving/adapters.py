@@ -5,6 +5,7 @@ stub) as an argument, so this module imports anywhere.
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import Cancelled, WorkerGroupError
-from ..validation import GenerationRequest, Limits, RequestError, validate
+from ..validation import CacheMode, GenerationRequest, Limits, RequestError, validate
 
 log = logging.getLogger("mochi.triton")
 
@@ -29,6 +30,7 @@ KNOBS = {
     "STEPS": ("steps", int),
     "GUIDANCE": ("guidance", float),
     "SEED": ("seed", int),
+    "CACHE": ("cache", str),  # step caching mode (validation.CacheMode)
 }
 
 
@@ -103,7 +105,9 @@ def model_params(args: dict, environ: dict[str, str] | None = None) -> Params:
 
 def _log_runtime(model: str) -> None:
     """One line per model instance in the server log: which interpreter and numpy the stub really runs
-    (a stub that picks up numpy 2 corrupts string tensors; this line is the first thing to check)."""
+    (a stub that picks up numpy 2 corrupts string tensors; this line is the first thing to check). A stub that
+    crashes (SIGSEGV in the backend's C++ side) leaves every thread's Python stack in the log too."""
+    faulthandler.enable(file=sys.stderr, all_threads=True)
     print(f"[{model}] python {sys.version.split()[0]} ({sys.executable}), numpy {np.__version__} "
           f"from {os.path.dirname(np.__file__)}", file=sys.stderr, flush=True)
 
@@ -137,7 +141,28 @@ def defaults_from(params: dict[str, str]) -> GenerationRequest:
         prompt="", negative_prompt="", num_frames=p.int("default_num_frames", d.num_frames),
         height=p.int("default_height", d.height), width=p.int("default_width", d.width),
         steps=p.int("default_steps", d.steps), guidance=p.float("default_guidance", d.guidance),
-        seed=p.int("default_seed", d.seed))
+        seed=p.int("default_seed", d.seed), cache=default_cache(p))
+
+
+def default_cache(p: Params) -> str:
+    """The model's step caching for requests without CACHE; a value CacheMode refuses fails the load."""
+    try:
+        return str(CacheMode.parse(p.text("default_cache", "off")))
+    except RequestError as e:
+        raise p._bad("default_cache", e.rule) from None
+
+
+def response(pb_utils, request, tensors: list):
+    """An InferenceResponse holding only the outputs the request asked for (all of them when it named none).
+
+    Why: Triton 2.51's python stub of a GPU instance (mochi_dit, KIND_MODEL on a GPU) crashed with SIGSEGV on
+    a response carrying two outputs its request had not asked for (the supervisor's HEALTH poll asks for STEP
+    alone), 2 of 2 runs on one H100; the same stub on CPU drops them. One unasked output had been tolerated."""
+    try:
+        wanted = set(request.requested_output_names())
+    except AttributeError:  # a request object without the method (older stubs): send everything
+        wanted = set()
+    return pb_utils.InferenceResponse([t for t in tensors if not wanted or t.name() in wanted])
 
 
 def input_array(pb_utils, request, name: str) -> np.ndarray | None:
@@ -162,6 +187,8 @@ def knobs(pb_utils, request, defaults: GenerationRequest) -> dict[str, Any]:
         v = single(pb_utils, request, name)
         if v is None:
             out[fld] = getattr(defaults, fld)
+        elif cast is str:
+            out[fld] = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
         elif cast is float:
             out[fld] = float(v)
         else:

@@ -29,11 +29,22 @@ log = logging.getLogger("mochi.dit_engine")
 UNKNOWN_STEP = -2  # progress of a generation this engine does not know (-1: finished)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a generation is: `step` of `total` steps done (-1 finished, UNKNOWN_STEP not known here), seconds
+    since it started running, steps the step cache skipped so far."""
+
+    step: int
+    total: int = 0
+    elapsed: float = 0.0
+    skipped: int = 0
+
+
 @dataclass
 class Job:
     request: GenerationRequest
     text: CFGText
-    on_done: Callable[[object], None]
+    on_done: Callable[[object, int], None]  # (latents, steps skipped by the step cache)
     on_error: Callable[[BaseException], None]
     is_cancelled: Callable[[], bool] = lambda: False
     generation_id: str | None = None
@@ -69,9 +80,11 @@ def load_warmup(feat_dim: int) -> tuple[GenerationRequest, CFGText]:
 class DiTEngine:
     def __init__(self, spec: GroupSpec | Sequence[GroupSpec], max_queue: int = 8,
                  on_restart: Callable[[], None] | None = None,
-                 on_steps: Callable[[int], None] | None = None,
+                 on_step: Callable[[bool], None] | None = None,
                  on_queue: Callable[[int, float | None], None] | None = None) -> None:
         """spec: one group, or one per lane (each its own GPU set).
+
+        on_step(skipped) after every denoising step of every job: whether the step cache skipped its blocks.
 
         on_queue(depth, waited_s) after every enqueue (waited_s None) and dequeue (how long the job waited):
         the queue-time signal an autoscaler needs."""
@@ -79,7 +92,7 @@ class DiTEngine:
         if not specs:
             raise ValueError("the DiT engine needs at least one worker group")
         self.on_restart = on_restart
-        self.on_steps = on_steps
+        self.on_step = on_step
         self.on_queue = on_queue
         self.lanes: list[Lane] = []
         try:
@@ -93,9 +106,9 @@ class DiTEngine:
         self._depth_lock = threading.Lock()  # see _report_depth
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
-        # generation id -> (step, total, elapsed); step -1 once finished. Waiters long-poll on it.
-        self._progress: dict[str, tuple[int, int, float]] = {}
-        self._waiters: list[tuple[str, int, float, Callable[[int, int, float], None]]] = []
+        # generation id -> Progress; step -1 once finished. Waiters long-poll on it.
+        self._progress: dict[str, Progress] = {}
+        self._waiters: list[tuple[str, int, float, Callable[[Progress], None]]] = []
         self._reaper = threading.Thread(target=self._reap, name="mochi-dit-progress", daemon=True)
         self._closing = threading.Event()
         self._reaper.start()
@@ -156,29 +169,30 @@ class DiTEngine:
         job.cancel_flag.set()
         return True
 
-    def wait_progress(self, generation_id: str, after_step: int, reply: Callable[[int, int, float], None],
+    def wait_progress(self, generation_id: str, after_step: int, reply: Callable[[Progress], None],
                       timeout: float = 2.0) -> None:
-        """Call reply(step, total, elapsed) once the generation is past `after_step` or finished, or with its
-        current state after `timeout` seconds: step 0 while it waits in the queue, UNKNOWN_STEP when this engine
-        has no such generation (not submitted yet, or lost with a stub that died: its orchestrator tells which)."""
+        """Call reply(progress) once the generation is past `after_step` or finished, or with its current state
+        after `timeout` seconds: step 0 while it waits in the queue, UNKNOWN_STEP when this engine has no such
+        generation (not submitted yet, or lost with a stub that died: its orchestrator tells which)."""
         with self._lock:
             state = self._progress.get(generation_id)
-            if state is not None and (state[0] > after_step or state[0] < 0):
+            if state is not None and (state.step > after_step or state.step < 0):
                 ready = state
             else:
                 self._waiters.append((generation_id, after_step, time.monotonic() + timeout, reply))
                 return
-        reply(*ready)
+        reply(ready)
 
-    def _publish(self, generation_id: str | None, step: int, total: int, elapsed: float) -> None:
+    def _publish(self, generation_id: str | None, progress: Progress) -> None:
         if not generation_id:
             return
         with self._lock:
-            self._progress[generation_id] = (step, total, elapsed)
+            self._progress[generation_id] = progress
+            step = progress.step
             due = [w for w in self._waiters if w[0] == generation_id and (step > w[1] or step < 0)]
             self._waiters = [w for w in self._waiters if w not in due]
         for w in due:
-            w[3](step, total, elapsed)
+            w[3](progress)
 
     def _reap(self) -> None:
         while not self._closing.wait(0.1):
@@ -186,16 +200,19 @@ class DiTEngine:
             with self._lock:
                 due = [w for w in self._waiters if w[2] <= now]
                 self._waiters = [w for w in self._waiters if w not in due]
-                states = [self._progress.get(w[0], (0, 0, 0.0) if w[0] in self._jobs else (UNKNOWN_STEP, 0, 0.0))
+                states = [self._progress.get(w[0], Progress(0) if w[0] in self._jobs else Progress(UNKNOWN_STEP))
                           for w in due]
             for w, st in zip(due, states):
-                w[3](*st)
+                w[3](st)
 
     def _forget(self, job: Job) -> None:
         if job.generation_id:
             with self._lock:
                 self._jobs.pop(job.generation_id, None)
-            self._publish(job.generation_id, -1, job.request.steps, time.monotonic() - job.submitted)
+            with self._lock:
+                last = self._progress.get(job.generation_id, Progress(0))
+            self._publish(job.generation_id, Progress(-1, job.request.steps, time.monotonic() - job.submitted,
+                                                      last.skipped))
             with self._lock:  # finished ids are answered from here for a short while, then dropped
                 if len(self._progress) > 1024:
                     for k in list(self._progress)[:512]:
@@ -231,11 +248,13 @@ class DiTEngine:
                                         f"request's timeout of {job.timeout_s:g} s"))
             return
         t0 = time.monotonic()
+        skipped = [0]
 
-        def on_step(i: int, total: int) -> None:
-            if self.on_steps is not None:
-                self.on_steps(1)
-            self._publish(job.generation_id, i, total, time.monotonic() - t0)
+        def on_step(i: int, total: int, n_skipped: int) -> None:
+            if self.on_step is not None:
+                self.on_step(n_skipped > skipped[0])
+            skipped[0] = n_skipped
+            self._publish(job.generation_id, Progress(i, total, time.monotonic() - t0, n_skipped))
             if job.cancelled():
                 raise Cancelled(f"cancelled after step {i} of {total}")
             if job.timed_out():
@@ -259,7 +278,7 @@ class DiTEngine:
                 e = ShuttingDown(f"the server is shutting down; generation stopped ({e})")
             job.on_error(e)
             return
-        job.on_done(latents)
+        job.on_done(latents, skipped[0])
 
     def _restart(self, lane: Lane) -> None:
         try:

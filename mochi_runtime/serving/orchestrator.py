@@ -31,22 +31,24 @@ import numpy as np
 from ..errors import Cancelled
 from ..validation import GenerationRequest
 from . import adapters as A
-from .dit_engine import UNKNOWN_STEP
+from .dit_engine import UNKNOWN_STEP, Progress
 
 POLL_TIMEOUT_S = 10.0  # mochi_dit answers a progress poll within ~2 s; none in this long: it is gone
 ARRIVAL_S = 30.0
 ANSWER_GRACE_S = 5.0  # after a failed poll, how long the DiT's own answer (e.g. "shutting down") may take  # how long a DiT request may take to reach mochi_dit's engine before its absence means it was lost
 
-StepCallback = Callable[[int, int, float], None]
+StepCallback = Callable[[int, Progress], None]  # (the step just done, the generation's latest progress)
 
 
 @dataclass
 class Outcome:
-    """What a generation produced: the composing models' output tensors, and its step count."""
+    """What a generation produced: the composing models' output tensors, its step count, and how many of its
+    steps the step cache skipped."""
 
     video: Any  # pb_utils.Tensor VIDEO
     mp4: Any  # pb_utils.Tensor MP4
     steps: int
+    steps_skipped: int = 0
 
 
 def scalar(pb_utils, name: str, value, dtype) -> Any:
@@ -96,7 +98,7 @@ class Orchestrator:
     def run(self, req: GenerationRequest, is_cancelled: Callable[[], bool], timeout_us: int = 0,
             on_step: StepCallback | None = None) -> Outcome:
         """req: validated. is_cancelled: the client-facing request's (or stream's) cancellation. timeout_us: the
-        client's per-request timeout (0: none), passed to mochi_dit. on_step(step, total, elapsed) once per step."""
+        client's per-request timeout (0: none), passed to mochi_dit. on_step(step, progress) once per step."""
         pb = self.pb
         t5 = self._bls("t5_encoder", [scalar(self.pb, "PROMPT", req.prompt.encode(), np.object_),
                                       scalar(self.pb, "NEGATIVE_PROMPT", req.negative_prompt.encode(), np.object_)],
@@ -106,20 +108,25 @@ class Orchestrator:
         gen_id = uuid.uuid4().hex
         inputs = [pb.get_output_tensor_by_name(t5, "TEXT_EMBEDS"), pb.get_output_tensor_by_name(t5, "TEXT_MASK"),
                   scalar(self.pb, "GENERATION_ID", gen_id.encode(), np.object_)]
-        for name, (fld, _) in A.KNOBS.items():
+        for name, (fld, cast) in A.KNOBS.items():
+            value = getattr(req, fld)
+            if cast is str:
+                inputs.append(scalar(self.pb, name, value.encode(), np.object_))
+                continue
             dtype = np.float32 if name == "GUIDANCE" else np.int64 if name == "SEED" else np.int32
-            inputs.append(scalar(self.pb, name, getattr(req, fld), dtype))
-        pending = _Pending(lambda: self._bls("mochi_dit", inputs, ["LATENTS"], timeout_us))
+            inputs.append(scalar(self.pb, name, value, dtype))
+        pending = _Pending(lambda: self._bls("mochi_dit", inputs, ["LATENTS", "STEPS_SKIPPED"], timeout_us))
         sent, cancel_sent, seen, started = 0, False, False, time.monotonic()
         while not pending.done():
             try:
-                step, total, elapsed = self._progress(gen_id, sent)
+                progress = self._progress(gen_id, sent)
             except Exception as e:  # the poll beside a running generation fails only when mochi_dit is gone,
                 pending.wait(ANSWER_GRACE_S)  # or the server is going down: its answer may be on its way
                 if pending.done():
                     break
                 raise A.Unavailable(f"mochi_dit stopped answering during this generation ({A.short(e)}); its "
                                     f"process may have died and is being restarted; retry the request") from None
+            step = progress.step
             if step == UNKNOWN_STEP:  # mochi_dit has no such generation: not arrived yet, or lost with its stub
                 if (seen or time.monotonic() - started > ARRIVAL_S) and not pending.done():
                     raise A.Unavailable("mochi_dit lost this generation: its process died and was started "
@@ -130,7 +137,7 @@ class Orchestrator:
                 break
             if on_step is not None and not cancel_sent:
                 for i in range(sent + 1, step + 1):
-                    on_step(i, total, elapsed)
+                    on_step(i, progress)
             sent = max(sent, step)
             if not cancel_sent and is_cancelled():
                 self._control("CANCEL", gen_id)
@@ -148,18 +155,19 @@ class Orchestrator:
         latents = pb.get_output_tensor_by_name(resp, "LATENTS")
         if latents is None:
             raise A.Unavailable("mochi_dit answered without latents; retry the request")
+        skipped = pb.get_output_tensor_by_name(resp, "STEPS_SKIPPED")
         vae = self._bls("vae_decoder", [pb.Tensor("LATENTS", latents.as_numpy())], ["VIDEO", "MP4"])
         return Outcome(pb.get_output_tensor_by_name(vae, "VIDEO"), pb.get_output_tensor_by_name(vae, "MP4"),
-                       req.steps)
+                       req.steps, 0 if skipped is None else int(skipped.as_numpy()[0]))
 
     def _control(self, name: str, gen_id: str, after_step: int | None = None):
         inputs = [scalar(self.pb, name, gen_id.encode(), np.object_),
                   scalar(self.pb, "CONTROL_KEY", self.key.encode(), np.object_)]
         if after_step is not None:
             inputs.append(scalar(self.pb, "AFTER_STEP", after_step, np.int32))
-        return self._bls("mochi_dit", inputs, ["STEP", "ELAPSED"])
+        return self._bls("mochi_dit", inputs, ["STEP", "ELAPSED", "STEPS_SKIPPED"])
 
-    def _progress(self, gen_id: str, after_step: int) -> tuple[int, int, float]:
+    def _progress(self, gen_id: str, after_step: int) -> Progress:
         """Long-poll mochi_dit until the generation passes after_step (it answers within ~2 s). A poll sent to a
         stub that dies is never answered: after POLL_TIMEOUT_S it counts as failed."""
         poll = _Pending(lambda: self._control("PROGRESS_OF", gen_id, after_step))
@@ -168,7 +176,8 @@ class Orchestrator:
             raise TimeoutError(f"no answer to a progress poll in {POLL_TIMEOUT_S:g} s")
         step, total = (int(v) for v in self.pb.get_output_tensor_by_name(resp, "STEP").as_numpy())
         elapsed = float(self.pb.get_output_tensor_by_name(resp, "ELAPSED").as_numpy()[0])
-        return step, total, elapsed
+        skipped = int(self.pb.get_output_tensor_by_name(resp, "STEPS_SKIPPED").as_numpy()[0])
+        return Progress(step, total, elapsed, skipped)
 
 
 def request_timeout_us(request) -> int:
@@ -218,15 +227,18 @@ class FrontModel:
         def cancelled() -> bool:
             return bool(request.is_cancelled() or (self.streaming and sender.is_cancelled()))
 
-        def step(i: int, total: int, elapsed: float) -> None:
-            sender.send(pb.InferenceResponse([scalar(pb, "STEP", i, np.int32),
-                                              scalar(pb, "TOTAL_STEPS", total, np.int32),
-                                              scalar(pb, "ELAPSED", elapsed, np.float32)]))
+        def step(i: int, progress: Progress) -> None:
+            sender.send(A.response(pb, request, [scalar(pb, "STEP", i, np.int32),
+                                              scalar(pb, "TOTAL_STEPS", progress.total, np.int32),
+                                              scalar(pb, "ELAPSED", progress.elapsed, np.float32),
+                                              scalar(pb, "STEPS_SKIPPED", min(progress.skipped, i), np.int32)]))
 
         try:
             out = self.orchestrator.run(req, cancelled, request_timeout_us(request),
                                         on_step=step if self.streaming else None)
-            response = pb.InferenceResponse([out.video, out.mp4])
+            response = A.response(pb, request, [out.video, out.mp4,
+                                             scalar(pb, "STEPS_COMPUTED", out.steps - out.steps_skipped, np.int32),
+                                             scalar(pb, "STEPS_SKIPPED", out.steps_skipped, np.int32)])
         except Exception as e:  # noqa: BLE001 - every request is answered
             response = self._error(e)
         finally:

@@ -20,7 +20,7 @@ def run(engine: DiTEngine, timeout: float = 120):
     done = threading.Event()
     box: dict = {}
     emb = TextEmbedding(torch.zeros(1, 4, 64), torch.ones(1, 4, dtype=torch.bool))
-    engine.submit(Job(REQ, CFGText(emb, emb), lambda z: (box.update(ok=z), done.set()),
+    engine.submit(Job(REQ, CFGText(emb, emb), lambda z, skipped: (box.update(ok=z), done.set()),
                       lambda e: (box.update(err=e), done.set())))
     assert done.wait(timeout), "job never answered"
     return box
@@ -49,7 +49,7 @@ def test_failed_restart_fails_jobs_then_recovers(official_dir, tmp_path):
 
 def _job(req: GenerationRequest, box: dict, done: threading.Event, **kw) -> Job:
     emb = TextEmbedding(torch.zeros(1, 4, 64), torch.ones(1, 4, dtype=torch.bool))
-    return Job(req, CFGText(emb, emb), lambda z: (box.update(ok=z), done.set()), lambda e: (box.update(err=e), done.set()),
+    return Job(req, CFGText(emb, emb), lambda z, skipped: (box.update(ok=z), done.set()), lambda e: (box.update(err=e), done.set()),
                **kw)
 
 

@@ -74,7 +74,7 @@ def test_three_step_generation_matches_single_process(layout, official_dir, refe
     _, text, ref = reference
     with WorkerGroup(GroupSpec(layout, model_dir=str(official_dir), threads=threads())) as group:
         steps = []
-        out = group.denoise(REQUEST, text, on_step=lambda i, n: steps.append((i, n)))
+        out = group.denoise(REQUEST, text, on_step=lambda i, n, k: steps.append((i, n)))
         again = group.denoise(REQUEST, text)  # the group serves several requests
     assert steps == [(1, 3), (2, 3), (3, 3)]
     assert_close(out, ref, **SAMPLES)
@@ -88,7 +88,7 @@ def test_cancel_stops_within_a_step_and_next_request_runs(official_dir, referenc
     with WorkerGroup(GroupSpec(Layout(1, 2, 1), model_dir=str(official_dir), threads=threads())) as group:
         seen = []
 
-        def stop_at_2(i, n):
+        def stop_at_2(i, n, k):
             seen.append(i)
             if i == 2:
                 raise Cancelled("user cancelled")
@@ -118,7 +118,7 @@ def test_killed_worker_raises_quickly_and_leaves_no_orphans(official_dir, refere
     pids = group.pids
     victim = pids[1]
 
-    def kill_on_first_step(i, n):
+    def kill_on_first_step(i, n, k):
         if i == 1:
             os.kill(victim, signal.SIGKILL)
 

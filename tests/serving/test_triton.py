@@ -69,7 +69,7 @@ def test_http_and_grpc_generate_mp4_deterministic_and_equal_to_in_process(server
 
 def test_stream_reports_every_step_then_the_video(server, grpc):
     seen = []
-    result = grpc.stream("waves on rocks", on_progress=lambda i, n, t: seen.append((i, n)), seed=3, **SMALL)
+    result = grpc.stream("waves on rocks", on_progress=lambda i, n, t, k: seen.append((i, n)), seed=3, **SMALL)
     assert seen == [(1, 3), (2, 3), (3, 3)]
     assert result.video.shape == (13, 48, 80, 3)
     plain = grpc.generate("waves on rocks", seed=3, **SMALL)
@@ -85,7 +85,7 @@ def test_cancel_stops_the_group_within_seconds_and_next_request_is_right(server,
 
     t0 = time.monotonic()
     with pytest.raises(Cancelled):
-        grpc.stream("a long one", on_progress=lambda i, n, t: steps_seen.append(i), should_cancel=cancel_after_two,
+        grpc.stream("a long one", on_progress=lambda i, n, t, k: steps_seen.append(i), should_cancel=cancel_after_two,
                     frames=13, height=48, width=80, steps=200, seed=9)
     deadline = time.monotonic() + 5
     while metric(server, "mochi_generations_cancelled_total") <= before_cancelled and time.monotonic() < deadline:
@@ -109,16 +109,19 @@ BAD = [
     ("PROMPT", np.object_, b"", "prompt"), ("PROMPT", np.object_, b"x" * 5000, "prompt"),
     ("PROMPT", np.object_, b"\xff\xfe\xfd", "prompt"), ("PROMPT", np.object_, b"a\x00b", "prompt"),
     ("NEGATIVE_PROMPT", np.object_, b"y" * 5000, "negative_prompt"),
+    ("CACHE", np.object_, b"teacache:-1", "cache"), ("CACHE", np.object_, b"sometimes", "cache"),
+    ("CACHE", np.object_, b"interval:0", "cache"),
 ]
 TYPES = {np.int32: "INT32", np.int64: "INT64", np.float32: "FP32", np.object_: "BYTES"}
 
 
-def _infer(client, overrides: dict, extra: list | None = None):
+def _infer(client, overrides: dict, extra: list | None = None, outputs: list[str] | None = None):
     values = {"PROMPT": (np.object_, b"a cat"), "NUM_FRAMES": (np.int32, 13), "HEIGHT": (np.int32, 48),
               "WIDTH": (np.int32, 80), "STEPS": (np.int32, 2)}
     values.update(overrides)
     inputs = infer_inputs(grpcclient, [(name, np.array([v], dtype=dt), TYPES[dt]) for name, (dt, v) in values.items()])
-    return client.infer("mochi", inputs + (extra or []), client_timeout=300)
+    asked = [grpcclient.InferRequestedOutput(name) for name in outputs] if outputs else None
+    return client.infer("mochi", inputs + (extra or []), outputs=asked, client_timeout=300)
 
 
 @pytest.mark.parametrize("name,dt,value,field", BAD, ids=[f"{b[0]}={b[2]!r:.12}" for b in BAD])
@@ -172,6 +175,36 @@ def test_metrics_move_and_repeated_prompt_hits_t5_cache(server, grpc):
     assert metric(server, "mochi_active_generations") == 0
     assert metric(server, "mochi_dit_queue_wait_seconds_count") == waits0 + 2  # the autoscaling signal
     assert metric(server, "mochi_dit_queued_generations") == 0
+
+
+def test_step_caching_per_request_on_both_models_with_counts_and_metrics(server, grpc):
+    """interval:2 over 6 steps computes steps 1, 3, 5 and 6 and skips 2 and 4 (tests/unit/test_step_cache.py
+    counts the block calls); both client-facing models take it and say so, and the DiT's metrics count it."""
+    knobs = dict(SMALL, steps=6, seed=4)
+    computed0 = metric(server, "mochi_denoise_steps_computed_total")
+    skipped0 = metric(server, "mochi_denoise_steps_skipped_total")
+    plain = grpc.generate("a kite over a beach", **knobs)
+    assert (plain.steps_computed, plain.steps_skipped) == (6, 0)  # the models' default: off
+    cached = grpc.generate("a kite over a beach", cache="interval:2", **knobs)
+    assert (cached.steps_computed, cached.steps_skipped) == (4, 2)
+    assert not np.array_equal(cached.video, plain.video)
+    seen = []
+    streamed = grpc.stream("a kite over a beach", cache="interval:2", **knobs,
+                           on_progress=lambda i, n, t, k: seen.append((i, k)))
+    assert (streamed.steps_computed, streamed.steps_skipped) == (4, 2)
+    assert streamed.video.tobytes() == cached.video.tobytes()
+    assert [i for i, _ in seen] == list(range(1, 7))
+    skipped = [k for _, k in seen]
+    assert skipped == sorted(skipped) and skipped[-1] == 2 and all(k <= i for i, k in seen)
+    assert metric(server, "mochi_denoise_steps_computed_total") == computed0 + 6 + 4 + 4
+    assert metric(server, "mochi_denoise_steps_skipped_total") == skipped0 + 2 + 2
+    # a client that names its outputs gets those alone (a GPU instance's stub crashed on unasked ones)
+    only = _infer(grpcclient.InferenceServerClient(server.grpc_url), {"CACHE": (np.object_, b"interval:2")},
+                  outputs=["STEPS_SKIPPED"])
+    assert [o.name for o in only.get_response().outputs] == ["STEPS_SKIPPED"] and only.as_numpy("STEPS_SKIPPED")[0] == 0
+    with pytest.raises(InferenceServerException) as e:  # the stream refuses a bad mode by name too
+        grpc.stream("a kite", cache="teacache", **knobs)
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "cache" in e.value.message(), e.value
 
 
 def test_perf_analyzer_csv(server, tmp_path):

@@ -313,3 +313,45 @@ def test_the_records_are_exactly_those_the_docs_cite():
     stored = {p.name for p in (DOCS / "bench").glob("*.json")}
     assert cited - stored == set(), f"cited but missing: {sorted(cited - stored)}"
     assert stored - cited == set(), f"stored but cited by no doc: {sorted(stored - cited)}"
+
+
+def test_cache_quality_tool_writes_its_record_and_plot(tmp_path, official_dir, monkeypatch):
+    """`python -m benchmarks cache` on the tiny checkpoint, in one process and on a 2-process CPU group: the same
+    seeds in every mode, the uncached video as each one's reference, steps counted, quality measured."""
+    from benchmarks.cache import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# one per line\na red fox in snow\nwaves on rocks\n")
+    monkeypatch.setattr(sys, "argv", ["cache"])
+    records = {}
+    for layout in ("1x1x1", "1x2x1"):
+        out = tmp_path / f"cache_{layout}.json"
+        assert main(["--model-dir", str(official_dir), "--prompts", str(prompts), "--seeds", "0,1",
+                     "--modes", "interval:2,teacache:0,off", "--frames", "13", "--height", "48", "--width", "80",
+                     "--steps", "6", "--layout", layout, "--threads", "1", "--json", str(out),
+                     "--plot", str(tmp_path / f"cache_{layout}.png")]) == 0
+        records[layout] = rec = json.loads(out.read_text())
+        assert (tmp_path / f"cache_{layout}.png").stat().st_size > 10_000
+        assert [r["mode"] for r in rec["results"]] == ["off", "interval:2", "teacache:0.0"]  # off first, once
+        assert len(rec["videos"]) == 3 * 2 * 2 and rec["shape"]["steps"] == 6
+        off, interval, tea0 = rec["results"]
+        assert off["psnr_min"] == 100.0 and off["ssim_min"] == 1.0 and off["speedup"] == 1.0
+        assert tea0["psnr_min"] == 100.0 and tea0["steps_computed"] == 6  # threshold 0: the uncached video
+        assert interval["steps_computed"] == 4 and 5 < interval["psnr_mean"] < 100 and interval["ssim_mean"] < 1
+    # a worker group gives the one-process videos' quality (same skips, same videos up to fp32 reordering)
+    one, two = (records[k]["results"][1] for k in ("1x1x1", "1x2x1"))
+    assert abs(one["psnr_mean"] - two["psnr_mean"]) < 0.1
+
+
+def test_psnr_and_ssim_measure_what_they_name():
+    from benchmarks.cache import IDENTICAL_PSNR, psnr, ssim
+
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, size=(3, 32, 40, 3), dtype=np.uint8)
+    assert psnr(video, video) == IDENTICAL_PSNR and ssim(video, video) == pytest.approx(1.0)
+    off_by_one = np.clip(video.astype(int) + 1, 0, 255).astype(np.uint8)
+    mse = np.mean((off_by_one.astype(float) - video) ** 2)
+    assert psnr(off_by_one, video) == pytest.approx(10 * np.log10(255**2 / mse))
+    noisy = np.clip(video + rng.normal(0, 40, video.shape), 0, 255).astype(np.uint8)
+    assert ssim(noisy, video) < ssim(off_by_one, video) < 1.0
+    assert psnr(noisy, video) < psnr(off_by_one, video)

@@ -79,7 +79,7 @@ class TritonPythonModel:
              for lane in self.lanes],
             max_queue=p.int("max_queue", 8),
             on_restart=lambda: self.m.restarts.increment(1),
-            on_steps=self.m.steps.increment,
+            on_step=self._on_step,
             on_queue=self._on_queue,
         )
         req, text = load_warmup(self.feat_dim)
@@ -88,6 +88,10 @@ class TritonPythonModel:
         except BaseException as e:
             self.engine.close(self.stop_timeout)  # no workers left behind by a model that failed to load
             raise RuntimeError(f"DiT warm-up failed: {e}") from e
+
+    def _on_step(self, skipped: bool) -> None:
+        self.m.steps.increment(1)
+        (self.m.skipped if skipped else self.m.computed).increment(1)
 
     def _on_queue(self, depth: int, waited_s: float | None) -> None:
         self.m.queued.set(depth)
@@ -107,10 +111,11 @@ class TritonPythonModel:
         if not (keyless or self.key and hmac.compare_digest(given, self.key)):
             raise RequestError(names[0].lower(), "is one of the server's own control inputs; clients cannot send it")
 
-        def reply(step, total, elapsed=0.0):
-            sender.send(pb_utils.InferenceResponse([
+        def reply(step, total, elapsed=0.0, skipped=0):
+            sender.send(A.response(pb_utils, request, [
                 pb_utils.Tensor("STEP", np.array([step, total], dtype=np.int32)),
                 pb_utils.Tensor("ELAPSED", np.array([elapsed], dtype=np.float32)),
+                pb_utils.Tensor("STEPS_SKIPPED", np.array([skipped], dtype=np.int32)),
             ]), flags=FINAL)
 
         if "DRAIN" in names:  # sent by the supervisor before SIGTERM
@@ -121,7 +126,8 @@ class TritonPythonModel:
             reply(int(self.engine.cancel(_text(A.single(pb_utils, request, "CANCEL")))), 0)
         else:
             after = int(A.single(pb_utils, request, "AFTER_STEP") or 0)
-            self.engine.wait_progress(_text(A.single(pb_utils, request, "PROGRESS_OF")), after, reply)
+            self.engine.wait_progress(_text(A.single(pb_utils, request, "PROGRESS_OF")), after,
+                                      lambda p: reply(p.step, p.total, p.elapsed, p.skipped))
         return True
 
     def _text_inputs(self, request) -> tuple[np.ndarray, np.ndarray]:
@@ -155,10 +161,12 @@ class TritonPythonModel:
         t0 = time.monotonic()
         self.m.active.increment(1)
 
-        def on_done(latents):
+        def on_done(latents, skipped):
             self.m.active.increment(-1)
             self.m.latency.observe(time.monotonic() - t0)
-            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("LATENTS", latents.numpy())]), flags=FINAL)
+            sender.send(A.response(pb_utils, request, [pb_utils.Tensor("LATENTS", latents.numpy()),
+                                                       pb_utils.Tensor("STEPS_SKIPPED", np.array([skipped], np.int32))]),
+                        flags=FINAL)
 
         def on_error(exc):
             self.m.active.increment(-1)
