@@ -228,6 +228,18 @@ def summarize(videos: list[dict], modes: list[str]) -> list[dict]:
     return out
 
 
+def save(a, videos: list[dict], modes: list[str], prompts: list[str], seeds: list[int]) -> dict:
+    """The record of the videos so far (the modes that have some), written to --json."""
+    done = [m for m in modes if any(v["mode"] == m for v in videos)]
+    summary = summarize(videos, done)
+    return write_record(a.json, "cache", summary, baseline=summary[0],
+                        extra={"source": "triton" if a.triton else "preset" if a.preset else "pipeline",
+                               "layout": a.layout, "prompts": prompts, "seeds": seeds,
+                               "shape": {"frames": a.frames, "height": a.height, "width": a.width, "steps": a.steps,
+                                         "guidance": a.guidance},
+                               "videos": videos}, subcommand="cache")
+
+
 def read_prompts(path: str | None) -> list[str]:
     if not path:
         return ["a red fox running through fresh snow at dawn, cinematic"]
@@ -290,14 +302,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{mode:>16}  prompt {p} seed {seed}: DiT {row['dit_s']:.2f} s, "
                           f"{row['steps_computed']}/{a.steps} steps, PSNR {row['psnr']:.2f} dB, "
                           f"SSIM {row['ssim']:.4f}", flush=True)
-    summary = summarize(videos, modes)
+                    record = save(a, videos, modes, prompts, seeds)  # after every video: a cut-off run keeps them
+    summary = record["results"]
     print_table(summary, list(summary[0]))
-    source_name = "triton" if a.triton else "preset" if a.preset else "pipeline"
-    record = write_record(a.json, "cache", summary, baseline=summary[0],
-                          extra={"source": source_name, "layout": a.layout, "prompts": prompts, "seeds": seeds,
-                                 "shape": {"frames": a.frames, "height": a.height, "width": a.width,
-                                           "steps": a.steps, "guidance": a.guidance},
-                                 "videos": videos}, subcommand="cache")
     if a.plot:
         from .plots import draw_cache_quality  # matplotlib only when a plot is asked for
 

@@ -10,6 +10,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from .models.latent_preview import denoised_estimate
 from .models.step_cache import StepCache
 from .models.text_encoder import CFGText
 
@@ -79,16 +80,24 @@ class CFGVelocity:
 StepCallback = Callable[[int, int, int], None]
 
 
+# on_preview(step, x0): the denoised estimate [1, 12, T, h, w] after `step` steps (latent_preview.py)
+PreviewCallback = Callable[[int, torch.Tensor], None]
+
+
 def euler_sample(velocity: Velocity, z: torch.Tensor, sigmas: list[float], on_step: StepCallback | None = None,
-                 cache: StepCache | None = None) -> torch.Tensor:
+                 cache: StepCache | None = None, on_preview: PreviewCallback | None = None,
+                 preview_every: int = 0) -> torch.Tensor:
     """z_{i+1} = z_i + (sigma_i - sigma_{i+1}) * v(z_i, sigma_i), in fp32.
 
     on_step(i, total, skipped) after each step may raise to stop. cache: the StepCache the velocity uses, whose
-    count of skipped steps on_step reports."""
+    count of skipped steps on_step reports. on_preview(i, x0) every `preview_every` steps (not after the last:
+    the video itself comes then), before that step's on_step."""
     z = z.float()
     total = len(sigmas) - 1
     for i in range(total):
         v = velocity(z, sigmas[i])
+        if on_preview is not None and preview_every > 0 and (i + 1) % preview_every == 0 and i + 1 < total:
+            on_preview(i + 1, denoised_estimate(z, v, sigmas[i]))
         z = z + (sigmas[i] - sigmas[i + 1]) * v
         if on_step is not None:
             on_step(i + 1, total, 0 if cache is None else cache.skipped)

@@ -41,6 +41,7 @@ class GenerationRequest:
     guidance: float = 4.5
     seed: int = 0
     cache: str = "off"  # step caching (CacheMode's text): off, teacache:<t>, fbcache:<t>, interval:<n>[:<w>]
+    preview_every: int = 0  # a low-resolution preview of the denoised estimate every n steps (0: none)
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int, int]:
@@ -197,4 +198,8 @@ def validate(request: GenerationRequest, limits: Limits = Limits(), check_text: 
         raise RequestError("seed", f"must be between 0 and 2**63-1, got {seed}")
 
     cache = str(CacheMode.parse(request.cache))
-    return GenerationRequest(prompt, negative, frames, dims["height"], dims["width"], steps, g, seed, cache)
+    preview_every = _as_int("preview_every", request.preview_every)
+    if preview_every < 0:
+        raise RequestError("preview_every", f"must be >= 0 (0: no previews), got {preview_every}")
+    return GenerationRequest(prompt, negative, frames, dims["height"], dims["width"], steps, g, seed, cache,
+                             preview_every)

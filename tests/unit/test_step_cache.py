@@ -1,5 +1,5 @@
 """Step caching in one process: the modes' rules, which steps run the blocks (counted), bit-identity when
-nothing is skipped, and the memory it keeps. The parallel layouts are in tests/parallel/test_step_cache.py."""
+nothing is skipped, and the memory it keeps. The parallel layouts are in tests/parallel/test_step_cache_layouts.py."""
 from __future__ import annotations
 
 import numpy as np
