@@ -2,7 +2,7 @@
 import importlib
 import sys
 
-SUBCOMMANDS = ("dit", "step", "load", "vae", "pipeline", "serving", "cache", "plots")
+SUBCOMMANDS = ("dit", "step", "load", "vae", "pipeline", "serving", "cache", "preview", "plots")
 
 
 def main() -> int:

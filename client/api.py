@@ -11,9 +11,9 @@ from tritonclient.utils import InferenceServerException
 
 # generate()/stream() keyword -> the Triton input it fills
 KNOB_INPUTS = {"frames": "NUM_FRAMES", "height": "HEIGHT", "width": "WIDTH", "steps": "STEPS", "guidance": "GUIDANCE",
-               "seed": "SEED", "cache": "CACHE"}
+               "seed": "SEED", "cache": "CACHE", "preview_every": "PREVIEW_EVERY"}
 KNOB_TYPES = {"NUM_FRAMES": "INT32", "HEIGHT": "INT32", "WIDTH": "INT32", "STEPS": "INT32", "GUIDANCE": "FP32",
-              "SEED": "INT64", "CACHE": "BYTES"}
+              "SEED": "INT64", "CACHE": "BYTES", "PREVIEW_EVERY": "INT32"}
 NP_TYPES = {"INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BYTES": np.object_}
 
 
@@ -167,15 +167,19 @@ class MochiClient:
 
     def stream(self, prompt: str, negative_prompt: str | None = None, *,
                on_progress: Callable[[int, int, float, int], None] | None = None,
+               on_preview: Callable[[int, np.ndarray], None] | None = None,
                should_cancel: Callable[[], bool] | None = None, frames: int | None = None,
                height: int | None = None, width: int | None = None, steps: int | None = None,
-               guidance: float | None = None, seed: int | None = None, cache: str | None = None) -> GenerationResult:
+               guidance: float | None = None, seed: int | None = None, cache: str | None = None,
+               preview_every: int | None = None) -> GenerationResult:
         """on_progress(step, total, elapsed_s, skipped) per denoising step (skipped: steps the step cache skipped
-        so far); KeyboardInterrupt or should_cancel() cancels on the server."""
+        so far); on_preview(step, frames) with each preview of the video forming, uint8 [T, H/8, W/8, 3] (every
+        `preview_every` steps; None: the server's default, 4); KeyboardInterrupt or should_cancel() cancels on
+        the server."""
         if self.protocol != "grpc":
             raise ValueError("streaming needs gRPC (HTTP does not serve decoupled models)")
         inputs = self._inputs(prompt, negative_prompt, frames=frames, height=height, width=width, steps=steps,
-                              guidance=guidance, seed=seed, cache=cache)
+                              guidance=guidance, seed=seed, cache=cache, preview_every=preview_every)
         events: queue.Queue = queue.Queue()
         self._client.start_stream(callback=lambda result, error: events.put((result, error)),
                                   stream_timeout=self.timeout_s)
@@ -196,6 +200,8 @@ class MochiClient:
                     on_progress(int(result.as_numpy("STEP")[0]), int(result.as_numpy("TOTAL_STEPS")[0]),
                                 float(result.as_numpy("ELAPSED")[0]),
                                 int(result.as_numpy("STEPS_SKIPPED")[0]) if "STEPS_SKIPPED" in outputs else 0)
+                if "PREVIEW" in outputs and on_preview is not None:
+                    on_preview(int(result.as_numpy("PREVIEW_STEP")[0]), result.as_numpy("PREVIEW"))
                 if "MP4" in outputs:
                     return GenerationResult.from_response(result)
                 if should_cancel is not None and should_cancel():

@@ -56,7 +56,7 @@ class LatentRGB:
         xs, ys = [], []
         for _ in range(samples):
             z = torch.randn(1, c, 2, *size, generator=gen)
-            video = ((vae.decode(z.to(device)).float().cpu() + 1) / 2).clamp(0, 1)[0]  # [3, F, 8h, 8w]
+            video = ((vae.decode(z.to(device)).float().cpu() + 1) / 2)[0]  # [3, F, 8h, 8w], unclipped: the fit is linear
             frames = [video[:, :1], video[:, 1:]]  # what latent frame 0 and latent frame 1 decode to
             for t, part in enumerate(frames):
                 colour = torch.nn.functional.avg_pool2d(part.mean(1), s)  # [3, h, w]

@@ -14,7 +14,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from .topology import free_port
 from ..errors import WorkerGroupError
@@ -99,8 +99,10 @@ class WorkerGroup:
         self.close(timeout=5)
         raise WorkerGroupError(f"DiT worker group is down: {why}")
 
-    def denoise(self, request, text, on_step: Callable[[int, int, int], None] | None = None):
-        """Run one request on the group. on_step(step, total, skipped) may raise Cancelled to stop it."""
+    def denoise(self, request, text, on_step: Callable[[int, int, int], None] | None = None,
+                on_preview: Callable[[int, Any], None] | None = None):
+        """Run one request on the group. on_step(step, total, skipped) may raise Cancelled to stop it;
+        on_preview(step, frames) gets rank 0's preview, uint8 [T, h, w, 3], every request.preview_every steps."""
         if not self.alive():
             raise WorkerGroupError("DiT worker group is not running")
         with self._lock:
@@ -116,6 +118,12 @@ class WorkerGroup:
                         except BaseException as e:  # stop the group at the next step, then re-raise
                             cancelled_by = e
                             self._cancel.value = 1
+                elif kind == "preview":
+                    if on_preview is not None and cancelled_by is None:
+                        try:
+                            on_preview(*payload)
+                        except Exception:  # a preview is a courtesy: its failure must not stop the group
+                            log.exception("preview callback failed")
                 elif kind == "result":
                     if cancelled_by is not None:
                         raise cancelled_by

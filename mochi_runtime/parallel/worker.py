@@ -77,10 +77,12 @@ class DecodeTask:
 
 
 class LazyVAE:
-    """Each rank's VAE decoder, loaded on the first decode task (groups that never decode never pay for it)."""
+    """Each rank's VAE decoder, loaded on the first decode task (groups that never decode never pay for it), and
+    the preview colour map fitted from it on the first request that asks for previews (rank 0 only)."""
 
     def __init__(self, spec: GroupSpec, device) -> None:
         self.spec, self.device, self.vae = spec, device, None
+        self.colours = None
 
     def get(self):
         if self.vae is None:
@@ -89,6 +91,19 @@ class LazyVAE:
             self.vae = load_vae(open_model_dir(self.spec.model_dir), self.device,
                                 resolve_dtype(self.spec.dtype, self.device))
         return self.vae
+
+    def preview_colours(self):
+        """latent_preview.LatentRGB of this checkpoint. Fitted in fp32 on the host from a VAE read for it and
+        dropped after (the decoder on the GPU stays unloaded unless the group decodes)."""
+        if self.colours is None:
+            import torch  # worker only (module docstring)
+
+            from ..loading.loaders import load_vae, open_model_dir  # worker only (module docstring)
+            from ..models.latent_preview import LatentRGB  # worker only (module docstring)
+
+            vae = self.vae or load_vae(open_model_dir(self.spec.model_dir), torch.device("cpu"), torch.float32)
+            self.colours = LatentRGB.fit(vae)
+        return self.colours
 
 
 def run_decode(vae, task: DecodeTask, device, rank: int):
@@ -135,10 +150,12 @@ def build_model(spec: GroupSpec, groups: ParallelGroups, local_rank: int):
 
 
 def run_task(model, task: Task, device, should_stop: Callable[[int, int], bool],
-             on_step: Callable[[int, int, int], None] | None = None):
+             on_step: Callable[[int, int, int], None] | None = None,
+             on_preview: Callable[[int, Any], None] | None = None):
     """Run one request's sampler on this rank; returns fp32 latents on CPU (identical on all ranks).
 
-    on_step(step, total, skipped) after every step (sampler.StepCallback)."""
+    on_step(step, total, skipped) after every step (sampler.StepCallback); on_preview(step, x0) every
+    request.preview_every steps (sampler.PreviewCallback)."""
     import torch  # worker only (module docstring)
     import torch.distributed as dist  # worker only (module docstring)
 
@@ -160,7 +177,8 @@ def run_task(model, task: Task, device, should_stop: Callable[[int, int], bool],
 
     z = initial_noise(req.seed, req.latent_shape).to(device)
     with torch.inference_mode():
-        return euler_sample(velocity, z, linear_quadratic_schedule(req.steps), step_hook, cache).cpu()
+        return euler_sample(velocity, z, linear_quadratic_schedule(req.steps), step_hook, cache, on_preview,
+                            req.preview_every).cpu()
 
 
 def broadcast_task(task: Any, groups) -> Any:
@@ -222,8 +240,12 @@ def serve_tasks(model, device, rank: int, conn, cancel_flag, vae: LazyVAE) -> No
             if rank == 0:
                 conn.send(("progress", (i, total, skipped)))
 
+        def preview(i: int, x0) -> None:  # every rank holds the same x0: rank 0 alone sends it
+            if rank == 0:
+                conn.send(("preview", (i, vae.preview_colours().to_uint8(x0))))
+
         try:
-            latents = run_task(model, task, device, should_stop, progress)
+            latents = run_task(model, task, device, should_stop, progress, preview)
         except Cancelled as e:
             if rank == 0:
                 conn.send(("cancelled", str(e)))

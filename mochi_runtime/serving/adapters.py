@@ -31,6 +31,7 @@ KNOBS = {
     "GUIDANCE": ("guidance", float),
     "SEED": ("seed", int),
     "CACHE": ("cache", str),  # step caching mode (validation.CacheMode)
+    "PREVIEW_EVERY": ("preview_every", int),  # a preview every n steps (mochi_stream, mochi_dit)
 }
 
 
@@ -141,7 +142,8 @@ def defaults_from(params: dict[str, str]) -> GenerationRequest:
         prompt="", negative_prompt="", num_frames=p.int("default_num_frames", d.num_frames),
         height=p.int("default_height", d.height), width=p.int("default_width", d.width),
         steps=p.int("default_steps", d.steps), guidance=p.float("default_guidance", d.guidance),
-        seed=p.int("default_seed", d.seed), cache=default_cache(p))
+        seed=p.int("default_seed", d.seed), cache=default_cache(p),
+        preview_every=p.int("default_preview_every", d.preview_every))
 
 
 def default_cache(p: Params) -> str:

@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -32,12 +32,15 @@ UNKNOWN_STEP = -2  # progress of a generation this engine does not know (-1: fin
 @dataclass(frozen=True)
 class Progress:
     """Where a generation is: `step` of `total` steps done (-1 finished, UNKNOWN_STEP not known here), seconds
-    since it started running, steps the step cache skipped so far."""
+    since it started running, steps the step cache skipped so far, and its latest preview (uint8 [T, h, w, 3],
+    made after `preview_step` steps; None before the first)."""
 
     step: int
     total: int = 0
     elapsed: float = 0.0
     skipped: int = 0
+    preview_step: int = 0
+    preview: Any = None
 
 
 @dataclass
@@ -249,12 +252,16 @@ class DiTEngine:
             return
         t0 = time.monotonic()
         skipped = [0]
+        preview: list[Any] = [0, None]  # (step, frames) of the latest preview
 
         def on_step(i: int, total: int, n_skipped: int) -> None:
             if self.on_step is not None:
                 self.on_step(n_skipped > skipped[0])
             skipped[0] = n_skipped
-            self._publish(job.generation_id, Progress(i, total, time.monotonic() - t0, n_skipped))
+            self._publish(job.generation_id, Progress(i, total, time.monotonic() - t0, n_skipped, *preview))
+
+        def on_preview(i: int, frames) -> None:  # published with the step it was made at (on_step follows)
+            preview[:] = [i, frames]
             if job.cancelled():
                 raise Cancelled(f"cancelled after step {i} of {total}")
             if job.timed_out():
@@ -267,7 +274,7 @@ class DiTEngine:
                                               f"{lane.restart_error}"))
                 return
         try:
-            latents = lane.group.denoise(job.request, job.text, on_step)
+            latents = lane.group.denoise(job.request, job.text, on_step, on_preview)
         except WorkerGroupError as e:
             log.error("DiT worker group %d failed: %s", lane.index, e)
             job.on_error(e)

@@ -20,6 +20,7 @@ server's control key (see `adapters.control_key`).
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -136,8 +137,8 @@ class Orchestrator:
             if step < 0:  # finished (or failed): the DiT response is on its way
                 break
             if on_step is not None and not cancel_sent:
-                for i in range(sent + 1, step + 1):
-                    on_step(i, progress)
+                for i in range(sent + 1, step + 1):  # a fresh preview rides on the newest step's message
+                    on_step(i, progress if i == step else dataclasses.replace(progress, preview=None))
             sent = max(sent, step)
             if not cancel_sent and is_cancelled():
                 self._control("CANCEL", gen_id)
@@ -165,7 +166,7 @@ class Orchestrator:
                   scalar(self.pb, "CONTROL_KEY", self.key.encode(), np.object_)]
         if after_step is not None:
             inputs.append(scalar(self.pb, "AFTER_STEP", after_step, np.int32))
-        return self._bls("mochi_dit", inputs, ["STEP", "ELAPSED", "STEPS_SKIPPED"])
+        return self._bls("mochi_dit", inputs, ["STEP", "ELAPSED", "STEPS_SKIPPED", "PREVIEW_STEP", "PREVIEW"])
 
     def _progress(self, gen_id: str, after_step: int) -> Progress:
         """Long-poll mochi_dit until the generation passes after_step (it answers within ~2 s). A poll sent to a
@@ -177,7 +178,9 @@ class Orchestrator:
         step, total = (int(v) for v in self.pb.get_output_tensor_by_name(resp, "STEP").as_numpy())
         elapsed = float(self.pb.get_output_tensor_by_name(resp, "ELAPSED").as_numpy()[0])
         skipped = int(self.pb.get_output_tensor_by_name(resp, "STEPS_SKIPPED").as_numpy()[0])
-        return Progress(step, total, elapsed, skipped)
+        preview_step = int(self.pb.get_output_tensor_by_name(resp, "PREVIEW_STEP").as_numpy()[0])
+        preview = self.pb.get_output_tensor_by_name(resp, "PREVIEW").as_numpy()
+        return Progress(step, total, elapsed, skipped, preview_step, preview if preview.size else None)
 
 
 def request_timeout_us(request) -> int:
@@ -228,10 +231,13 @@ class FrontModel:
             return bool(request.is_cancelled() or (self.streaming and sender.is_cancelled()))
 
         def step(i: int, progress: Progress) -> None:
-            sender.send(A.response(pb, request, [scalar(pb, "STEP", i, np.int32),
-                                              scalar(pb, "TOTAL_STEPS", progress.total, np.int32),
-                                              scalar(pb, "ELAPSED", progress.elapsed, np.float32),
-                                              scalar(pb, "STEPS_SKIPPED", min(progress.skipped, i), np.int32)]))
+            tensors = [scalar(pb, "STEP", i, np.int32), scalar(pb, "TOTAL_STEPS", progress.total, np.int32),
+                       scalar(pb, "ELAPSED", progress.elapsed, np.float32),
+                       scalar(pb, "STEPS_SKIPPED", min(progress.skipped, i), np.int32)]
+            if progress.preview is not None:
+                tensors += [scalar(pb, "PREVIEW_STEP", progress.preview_step, np.int32),
+                            pb.Tensor("PREVIEW", progress.preview)]
+            sender.send(A.response(pb, request, tensors))
 
         try:
             out = self.orchestrator.run(req, cancelled, request_timeout_us(request),

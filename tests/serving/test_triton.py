@@ -207,6 +207,34 @@ def test_step_caching_per_request_on_both_models_with_counts_and_metrics(server,
     assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "cache" in e.value.message(), e.value
 
 
+def test_stream_sends_previews_of_the_video_forming(server, grpc, tmp_path):
+    """Every preview_every steps (not after the last: the video comes then) a step message carries the denoised
+    estimate mapped to colours, [T, H/8, W/8, 3]; the client CLI saves them; 0 turns them off."""
+    knobs = dict(SMALL, steps=6, seed=8)
+    previews, steps = [], []
+    result = grpc.stream("a lighthouse at night", preview_every=2, **knobs,
+                         on_progress=lambda i, n, t, k: steps.append(i),
+                         on_preview=lambda i, frames: previews.append((i, frames)))
+    assert steps == list(range(1, 7))
+    assert [i for i, _ in previews] == [2, 4]
+    for _, frames in previews:
+        assert frames.shape == (3, 6, 10, 3) and frames.dtype == np.uint8
+    plain = grpc.stream("a lighthouse at night", preview_every=0, **knobs,
+                        on_preview=lambda i, frames: previews.append((i, frames)))
+    assert len(previews) == 2 and plain.video.tobytes() == result.video.tobytes()  # previews change nothing
+    from client.__main__ import main
+
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--prompt", "a lighthouse at night", "--url", server.grpc_url, "--stream",
+                 "--previews", str(tmp_path / "previews"), "--preview-every", "2", "--frames", "13", "--height", "48",
+                 "--width", "80", "--steps", "6", "--out", str(out)]) == 0
+    saved = sorted(p.name for p in (tmp_path / "previews").iterdir())
+    assert saved == ["step_002.png", "step_004.png"] and out.stat().st_size > 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "previews" / "step_002.png").size == (3 * 10 * 4, 6 * 4)
+
+
 def test_perf_analyzer_csv(server, tmp_path):
     from client.loadtest import run
 

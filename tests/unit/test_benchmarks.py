@@ -355,3 +355,16 @@ def test_psnr_and_ssim_measure_what_they_name():
     noisy = np.clip(video + rng.normal(0, 40, video.shape), 0, 255).astype(np.uint8)
     assert ssim(noisy, video) < ssim(off_by_one, video) < 1.0
     assert psnr(noisy, video) < psnr(off_by_one, video)
+
+
+def test_preview_cost_benchmark_runs_its_loop_with_and_without_previews(tmp_path, monkeypatch):
+    from benchmarks.preview import main
+
+    out = tmp_path / "preview.json"
+    monkeypatch.setattr(sys, "argv", ["preview"])
+    assert main(["--preset", "tiny", "--frames", "13", "--height", "48", "--width", "80", "--steps", "9",
+                 "--every", "4", "--repeats", "1", "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    none, some = rec["results"]
+    assert none["preview_every"] == 0 and some["preview_every"] == 4 and some["previews_per_run"] == 2
+    assert some["preview_shape"] == [3, 6, 10, 3] and len(rec["runs"]) == 2 and rec["baseline"] == none

@@ -232,3 +232,18 @@ def test_the_memory_model_counts_what_the_cache_keeps():
     with pytest.raises(RequestError, match="cannot hold beside the generation") as e:
         one.check(request.with_(cache="teacache:0.06"), budget)
     assert e.value.field == "cache"
+
+
+# -- previews (the sampler's hook; the colour map: tests/unit/test_latent_preview.py) -----------------------------
+def test_the_sampler_previews_every_n_steps_but_not_after_the_last(tiny):
+    dit, text = tiny
+    from mochi_runtime.sampler import CFGVelocity, euler_sample, initial_noise, linear_quadratic_schedule
+
+    seen = []
+    z = initial_noise(1, REQUEST.latent_shape)
+    with torch.inference_mode():
+        plain = euler_sample(CFGVelocity(dit, text, 4.5), z, linear_quadratic_schedule(8))
+        out = euler_sample(CFGVelocity(dit, text, 4.5), z, linear_quadratic_schedule(8), None, None,
+                           lambda i, x0: seen.append((i, x0.shape)), 3)
+    assert [i for i, _ in seen] == [3, 6] and all(s == z.shape for _, s in seen)
+    assert torch.equal(out, plain)  # previews read the state, never change it

@@ -22,6 +22,7 @@ from mochi_runtime.validation import GenerationRequest, RequestError, validate
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 CONTROL_INPUTS = ("DRAIN", "HEALTH", "CANCEL", "PROGRESS_OF")
+NO_PREVIEW = np.zeros((0, 0, 0, 3), dtype=np.uint8)  # PREVIEW when there is none (yet, or new)
 
 
 def _text(value):
@@ -111,11 +112,13 @@ class TritonPythonModel:
         if not (keyless or self.key and hmac.compare_digest(given, self.key)):
             raise RequestError(names[0].lower(), "is one of the server's own control inputs; clients cannot send it")
 
-        def reply(step, total, elapsed=0.0, skipped=0):
+        def reply(step, total, elapsed=0.0, skipped=0, preview_step=0, preview=None):
             sender.send(A.response(pb_utils, request, [
                 pb_utils.Tensor("STEP", np.array([step, total], dtype=np.int32)),
                 pb_utils.Tensor("ELAPSED", np.array([elapsed], dtype=np.float32)),
                 pb_utils.Tensor("STEPS_SKIPPED", np.array([skipped], dtype=np.int32)),
+                pb_utils.Tensor("PREVIEW_STEP", np.array([preview_step], dtype=np.int32)),
+                pb_utils.Tensor("PREVIEW", NO_PREVIEW if preview is None else preview),
             ]), flags=FINAL)
 
         if "DRAIN" in names:  # sent by the supervisor before SIGTERM
@@ -126,8 +129,12 @@ class TritonPythonModel:
             reply(int(self.engine.cancel(_text(A.single(pb_utils, request, "CANCEL")))), 0)
         else:
             after = int(A.single(pb_utils, request, "AFTER_STEP") or 0)
-            self.engine.wait_progress(_text(A.single(pb_utils, request, "PROGRESS_OF")), after,
-                                      lambda p: reply(p.step, p.total, p.elapsed, p.skipped))
+
+            def progress(p):  # a preview goes once: with the first answer past the step it was made at
+                fresh = p.preview is not None and p.preview_step > after
+                reply(p.step, p.total, p.elapsed, p.skipped, p.preview_step, p.preview if fresh else None)
+
+            self.engine.wait_progress(_text(A.single(pb_utils, request, "PROGRESS_OF")), after, progress)
         return True
 
     def _text_inputs(self, request) -> tuple[np.ndarray, np.ndarray]:
