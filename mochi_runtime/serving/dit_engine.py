@@ -259,13 +259,13 @@ class DiTEngine:
                 self.on_step(n_skipped > skipped[0])
             skipped[0] = n_skipped
             self._publish(job.generation_id, Progress(i, total, time.monotonic() - t0, n_skipped, *preview))
-
-        def on_preview(i: int, frames) -> None:  # published with the step it was made at (on_step follows)
-            preview[:] = [i, frames]
             if job.cancelled():
                 raise Cancelled(f"cancelled after step {i} of {total}")
             if job.timed_out():
                 raise RequestTimeout(f"request timeout of {job.timeout_s:g} s reached after step {i} of {total}")
+
+        def on_preview(i: int, frames) -> None:  # published with the step it was made at (on_step follows)
+            preview[:] = [i, frames]
 
         if not lane.group.alive():
             self._restart(lane)
