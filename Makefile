@@ -29,11 +29,19 @@ demo: $(STAMP)
 	@$(PY) scripts/demo.py
 
 # Server in the foreground on 127.0.0.1 (HTTP 8000, gRPC 8001, metrics 8002; override with
-# HTTP_PORT=... GRPC_PORT=... METRICS_PORT=... MODEL_DIR=...).
+# HTTP_PORT=... GRPC_PORT=... METRICS_PORT=... MODEL_DIR=...), and beside it the jobs gateway on
+# 127.0.0.1:8080 (GATEWAY_PORT=...; NO_GATEWAY=1 skips it). Without MODEL_DIR the gateway's defaults are
+# the embedded tiny model's (13 frames of 96x64, 8 steps), with one Mochi's (49 frames of 848x480, 64 steps).
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+GATEWAY_PORT ?= 8080
+GATEWAY_DEFAULTS := $(if $(MODEL_DIR),,--default-frames 13 --default-size 96x64 --default-steps 8)
 serve: $(STAMP)
+	@if [ -z "$(NO_GATEWAY)" ]; then \
+		$(PY) -m gateway --port $(GATEWAY_PORT) --triton 127.0.0.1:$(GRPC_PORT) $(GATEWAY_DEFAULTS) & \
+		trap "kill $$! 2>/dev/null" EXIT INT TERM; \
+	fi; \
 	$(PY) -m mochi_runtime.serving.tritonserver --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) \
 		--metrics-port $(METRICS_PORT) $(if $(MODEL_DIR),--model-dir $(MODEL_DIR),)
 
