@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv test test-fast demo serve clean-venv
+.PHONY: venv test test-fast demo serve clean-venv browser
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,16 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The gateway page's test drives a real headless Chromium: Debian's packages, installed where apt can (root);
+# elsewhere that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+		echo "no chromium: the page test will skip (apt-get install chromium chromium-driver)"
 
 # The inner loop: one-process tests only (no server, no process group, nothing marked slow).
 test-fast: $(STAMP)

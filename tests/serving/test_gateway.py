@@ -245,3 +245,57 @@ def test_twenty_jobs_at_concurrency_four_all_complete_and_match_their_seeds(serv
         for seed, video_id in done:
             assert oai.videos.download_content(video_id).content == refs[seed]
     assert np.unique([s for s, _ in done]).size == 5
+
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "out" / "browser"  # screenshots of the page test (gitignored)
+
+
+def _browser():
+    """Headless Chromium through selenium (Debian's chromium + chromium-driver, which `make test` installs where
+    it can); None where either is missing."""
+    import shutil
+
+    from selenium import webdriver
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not binary or not driver:
+        return None
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,900",
+                 "--autoplay-policy=no-user-gesture-required"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
+
+
+def test_the_page_in_a_real_browser_shows_progress_a_preview_and_plays_the_video(gw):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no Chromium here (apt-get install chromium chromium-driver): the page is not driven")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        browser.get(f"{gw}/?key={KEY}")
+        assert browser.title == "Mochi-1"
+        browser.find_element(By.ID, "prompt").send_keys("a red fox running through fresh snow")
+        for field, value in (("size", SIZE), ("frames", "13"), ("steps", "12"), ("seed", "7")):
+            browser.find_element(By.ID, field).send_keys(value)
+        browser.save_screenshot(str(ARTIFACTS / "1_form.png"))
+        browser.find_element(By.ID, "go").click()
+        wait = WebDriverWait(browser, 120, poll_frequency=0.05)
+        wait.until(lambda b: float(b.find_element(By.ID, "bar").get_attribute("value")) > 0)
+        wait.until(lambda b: (b.find_element(By.ID, "preview").get_attribute("src") or "").startswith("data:image/png"))
+        browser.save_screenshot(str(ARTIFACTS / "2_progress_and_preview.png"))
+        wait.until(lambda b: b.execute_script(
+            "const v = document.getElementById('player'); return v.readyState >= 2 && v.duration > 0"))
+        duration = browser.execute_script("return document.getElementById('player').duration")
+        assert abs(duration - 13 / 30) < 0.1, duration  # 13 frames at 30 fps
+        assert browser.find_element(By.ID, "download").get_attribute("href").endswith(f"variant=video&key={KEY}")
+        assert "Done: 13 frames of 80x48" in browser.find_element(By.ID, "status").text
+        browser.save_screenshot(str(ARTIFACTS / "3_video.png"))
+        assert "a red fox running" in browser.find_element(By.ID, "recent").text
+    finally:
+        browser.quit()
