@@ -99,15 +99,36 @@ def test_ports_agree_everywhere():
     ports = {"http": cfg.http_port, "grpc": cfg.grpc_port, "metrics": cfg.metrics_port}
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
     expose = next(rest for word, rest in _dockerfile() if word == "EXPOSE").split()
-    assert sorted(int(p) for p in expose) == sorted(ports.values())
+    assert sorted(int(p) for p in expose) == sorted([*ports.values(), GATEWAY_PORT])
     compose = _compose()["services"]["mochi"]
     assert sorted(p.split(":") for p in compose["ports"]) == sorted([str(v), str(v)] for v in ports.values())
     container = _k8s("deployment.yaml")["spec"]["template"]["spec"]["containers"][0]
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == ports
     service = {p["name"]: (p["port"], p["targetPort"]) for p in _k8s("service.yaml")["spec"]["ports"]}
-    assert service == {name: (port, name) for name, port in ports.items()}
+    assert service == {name: (port, name) for name, port in {**ports, "gateway": GATEWAY_PORT}.items()}
     monitor = _k8s("servicemonitor.yaml")["spec"]["endpoints"][0]
     assert monitor["port"] == "metrics" and monitor["path"] == "/metrics"
+
+
+GATEWAY_PORT = 8080
+
+
+def test_the_gateway_runs_beside_the_server_on_its_port_with_its_health_check():
+    """make serve, compose and k8s run the same `python -m gateway` on 8080, pointed at the server's gRPC port,
+    health-checked on /healthz (the one path without the API key)."""
+    from gateway.__main__ import main  # noqa: F401 - importable without torch
+
+    assert f"GATEWAY_PORT ?= {GATEWAY_PORT}" in (ROOT / "Makefile").read_text()
+    gw = _compose()["services"]["gateway"]
+    assert gw["ports"] == [f"{GATEWAY_PORT}:{GATEWAY_PORT}"] and "mochi:8001" in gw["entrypoint"]
+    assert "/healthz" in " ".join(gw["healthcheck"]["test"]) and gw["image"] == _compose()["services"]["mochi"]["image"]
+    container = next(c for c in _k8s("deployment.yaml")["spec"]["template"]["spec"]["containers"]
+                     if c["name"] == "gateway")
+    assert container["command"][:3] == ["python3", "-m", "gateway"] and "127.0.0.1:8001" in container["command"]
+    assert container["ports"] == [{"name": "gateway", "containerPort": GATEWAY_PORT}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "gateway"}
+    copied = [rest.split()[0] for word, rest in _dockerfile() if word == "COPY"]
+    assert "gateway" in copied
 
 
 def test_health_checks_ask_the_ready_path():
