@@ -299,3 +299,27 @@ def test_the_page_in_a_real_browser_shows_progress_a_preview_and_plays_the_video
         assert "a red fox running" in browser.find_element(By.ID, "recent").text
     finally:
         browser.quit()
+
+
+def test_finished_videos_expire_and_no_request_reaches_outside_the_data_dir(server, tmp_path):
+    data = tmp_path / "short-lived"
+    with gateway(server, data, "--retention-s", "1") as (url, _):
+        oai = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+        video = oai.videos.create_and_poll(prompt="gone soon", size=SIZE, extra_body={**SMALL, "seed": 6},
+                                           poll_interval_ms=200)
+        assert video.status == "completed" and video.expires_at <= video.completed_at + 1
+        deadline = time.monotonic() + 30
+        while True:  # the retention sweep removes the job and its files
+            try:
+                oai.videos.retrieve(video.id)
+            except openai.NotFoundError:
+                break
+            assert time.monotonic() < deadline, "the video did not expire"
+            time.sleep(0.5)
+        assert not list((data / "videos").iterdir())
+        (tmp_path / "secret.txt").write_text("not for clients")
+        for path in ("/v1/videos/..%2F..%2Fsecret.txt/content", "/v1/videos/../../secret.txt/content",
+                     "/v1/videos/video_%2E%2E/content?variant=../../secret.txt"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                _get(url, path)
+            assert e.value.code in (400, 404) and b"not for clients" not in e.value.read()
