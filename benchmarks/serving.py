@@ -199,7 +199,7 @@ def in_process(dep: Deployment, a, embeds: np.ndarray, mask: np.ndarray, load_wa
         group.denoise(warm, text)
         stamps: list[float] = []
         req = dataclasses.replace(warm, steps=a.steps)
-        latents = group.denoise(req, text, on_step=lambda s, n: stamps.append(time.perf_counter()))
+        latents = group.denoise(req, text, on_step=lambda s, n, k: stamps.append(time.perf_counter()))
         again = group.denoise(req, text)  # run-to-run spread of the same request on the same group
     gaps = step_intervals(stamps)
     return {"latents": latents.float().numpy(), "step_ms": round(1000 * statistics.median(gaps), 1),
