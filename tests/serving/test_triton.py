@@ -353,19 +353,28 @@ def test_request_timeout_ends_a_waiting_request_with_a_clear_error(server, grpc)
 def test_queue_overload_rejects_the_excess_and_loses_nothing(server):
     """mochi_dit queues at most 8 generations (max_queue) besides the running one: with a long generation
     running and 14 more at once, the excess is refused at once with UNAVAILABLE, and every accepted request
-    gets its own seed's video. (The long one holds the group: 14 clients connecting on a loaded machine can
-    otherwise arrive slower than short generations drain the queue.)"""
+    gets its own seed's video. (The long one holds the group until the queue is full, then is cancelled: 14
+    clients connecting on a loaded machine once arrived slower than a fixed 150-step generation ran.)"""
     knobs = dict(SMALL, steps=2)
     from concurrent.futures import ThreadPoolExecutor
 
-    busy_done = threading.Event()
+    busy_done, release = threading.Event(), threading.Event()
 
-    def busy():
+    def busy():  # holds the group until the queue is full (or a minute passed), then is cancelled
         try:
             with MochiClient(server.grpc_url, "grpc") as c:
-                c.generate("busy", seed=1, **dict(SMALL, steps=150))
+                c.stream("busy", seed=1, should_cancel=release.is_set, **dict(SMALL, frames=61, steps=200))
+        except Cancelled:
+            pass
         finally:
             busy_done.set()
+
+    def release_when_full():
+        deadline = time.monotonic() + 60
+        while metric(server, "mochi_dit_queued_generations") < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the excess arrives and is refused meanwhile
+        release.set()
 
     threading.Thread(target=busy, daemon=True).start()
     t0 = time.monotonic()
@@ -380,6 +389,7 @@ def test_queue_overload_rejects_the_excess_and_loses_nothing(server):
             except InferenceServerException as e:
                 return seed, None, e, time.monotonic() - t0
 
+    threading.Thread(target=release_when_full, daemon=True).start()
     with ThreadPoolExecutor(14) as pool:
         results = list(pool.map(one, range(100, 114)))
     accepted = [(s, r) for s, r, e, _ in results if r is not None]
