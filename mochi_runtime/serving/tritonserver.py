@@ -68,7 +68,7 @@ class ServerConfig:
     control_key: str = field(default_factory=lambda: secrets.token_hex(16))
     # Start tritonserver again when it dies on its own (not stopped by us): Triton 2.51's python backend can
     # abort the whole server (boost::interprocess::lock_exception, SIGABRT) when a stub dies holding its shared
-    # health mutex, and, rarely, while stubs start (triton-inference-server/server#8882). At most this many
+    # health mutex, and, rarely, while stubs start (a known Triton 2.51 fault). At most this many
     # restarts in RESTART_WINDOW_S; then the supervisor gives up and exits with the server's status.
     max_restarts: int = 0
 
