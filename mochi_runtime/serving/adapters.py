@@ -6,6 +6,7 @@ stub) as an argument, so this module imports anywhere.
 from __future__ import annotations
 
 import faulthandler
+import gc
 import json
 import logging
 import os
@@ -252,16 +253,15 @@ def error_response(pb_utils, exc: BaseException, tag_status: bool = False):
 _FAILURES: dict[Any, Any] = {}
 
 
-def count_failures(pb_utils, model: str) -> list:
+def count_failures(pb_utils, model: str) -> None:
     """Count this model's error answers in mochi_request_failures_total{model, code}. Triton 2.51 counts a
     python model's error responses as successes (nv_inference_request_failure stays 0), so this is the series
-    to alert on. Returns the metric families (keep them alive with the model)."""
+    to alert on."""
     E = pb_utils.TritonError
-    fam = pb_utils.MetricFamily(name="mochi_request_failures_total", description="Requests answered with an error",
-                                kind=pb_utils.MetricFamily.COUNTER)
+    fam = _family(pb_utils, "mochi_request_failures_total", "Requests answered with an error",
+                  pb_utils.MetricFamily.COUNTER)
     for name in _STATUS_NAMES:
         _FAILURES[getattr(E, name)] = SerialMetric(fam.Metric(labels={"model": model, "code": name}))
-    return [fam]
 
 
 def one_line(text: str, limit: int = 600) -> str:
@@ -333,36 +333,65 @@ class SerialMetric:
     crashes the whole server (SIGSEGV in libtriton_python.so): two looping generations on two lanes brought it
     down within 1-5 s in 4 of 4 runs, and with this lock not once in 60 + 150 s, the second run with 118k
     progress polls beside them (2026-11-28; tests/serving/test_lanes.py keeps the load). Serialised responses alone
-    did not help; the metric updates are what collide."""
+    did not help; the metric updates are what collide. After release_triton_objects an update does nothing."""
 
     _lock = threading.Lock()  # one per stub process: every adapter's metrics share it
 
     def __init__(self, metric: Any) -> None:
         self._metric = metric
+        _METRICS.append(self)
 
     def __getattr__(self, name: str) -> Any:
-        method = getattr(self._metric, name)
-
         def locked(*args: Any, **kwargs: Any) -> Any:
             with SerialMetric._lock:
-                return method(*args, **kwargs)
+                if self._metric is not None:
+                    return getattr(self._metric, name)(*args, **kwargs)
+                return None
 
         return locked
 
 
+# Every custom metric and family of this stub process: held here from creation until release_triton_objects.
+_METRICS: list[SerialMetric] = []
+_FAMILIES: list[Any] = []
+
+
+def _family(pb_utils, name: str, description: str, kind: Any) -> Any:
+    fam = pb_utils.MetricFamily(name=name, description=description, kind=kind)
+    _FAMILIES.append(fam)
+    return fam
+
+
+def release_triton_objects() -> None:
+    """Drop what this stub holds of Triton's: its custom metrics and their families, and garbage cycles that
+    still reach a request or response (a finished generation's exception and its frames). The last call of
+    every model's `finalize`; a metric update after it does nothing.
+
+    Why: a Triton 2.51 stub that still holds such objects when its interpreter shuts down dies with SIGSEGV in
+    that teardown (after finalize; every model, on CPU and GPU: "Fatal Python error: Segmentation fault" per
+    stub in the log of each clean shutdown). Dropped while the stub still talks to the server, they go quietly."""
+    with SerialMetric._lock:
+        for metric in _METRICS:
+            metric._metric = None
+        _METRICS.clear()
+        _FAILURES.clear()
+        _FAMILIES.clear()
+    gc.collect()
+
+
 def histogram(pb_utils, name: str, description: str, buckets: list[float], labels: dict | None = None):
-    fam = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.HISTOGRAM)
-    return fam, SerialMetric(fam.Metric(labels=labels or {}, buckets=buckets))
+    fam = _family(pb_utils, name, description, pb_utils.MetricFamily.HISTOGRAM)
+    return SerialMetric(fam.Metric(labels=labels or {}, buckets=buckets))
 
 
 def counter(pb_utils, name: str, description: str, labels: dict | None = None):
-    fam = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.COUNTER)
-    return fam, SerialMetric(fam.Metric(labels=labels or {}))
+    fam = _family(pb_utils, name, description, pb_utils.MetricFamily.COUNTER)
+    return SerialMetric(fam.Metric(labels=labels or {}))
 
 
 def gauge(pb_utils, name: str, description: str, labels: dict | None = None):
-    fam = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.GAUGE)
-    return fam, SerialMetric(fam.Metric(labels=labels or {}))
+    fam = _family(pb_utils, name, description, pb_utils.MetricFamily.GAUGE)
+    return SerialMetric(fam.Metric(labels=labels or {}))
 
 
 LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]

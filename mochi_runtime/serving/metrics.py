@@ -6,7 +6,7 @@ before the response that follows it is sent, so a client that reads /metrics aft
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, make_dataclass
 from typing import Any, Callable, ClassVar
 
 from . import adapters as A
@@ -46,15 +46,14 @@ class ModelMetrics:
     {model=MODEL, code} comes with them."""
 
     MODEL: ClassVar[str] = ""
-    families: list = field(default_factory=list, repr=False)  # kept alive with the model
 
     @classmethod
     def create(cls, pb_utils):
+        """The series, registered with this stub (adapters.release_triton_objects drops them at finalize)."""
         labels = {"model": cls.MODEL}
-        made = {attr: getattr(A, kind)(pb_utils, name, desc, *rest, labels=labels)
-                for attr, (kind, name, desc, *rest) in SERIES[cls.MODEL].items()}
-        m = cls(families=[fam for fam, _ in made.values()] + A.count_failures(pb_utils, cls.MODEL),
-                **{attr: metric for attr, (_, metric) in made.items()})
+        m = cls(**{attr: getattr(A, kind)(pb_utils, name, desc, *rest, labels=labels)
+                   for attr, (kind, name, desc, *rest) in SERIES[cls.MODEL].items()})
+        A.count_failures(pb_utils, cls.MODEL)
         m.start()
         return m
 

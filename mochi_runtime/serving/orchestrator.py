@@ -206,7 +206,7 @@ class FrontModel:
         self.limits, self.defaults = A.limits_from(p), A.defaults_from(p)
         self.orchestrator = Orchestrator(pb_utils)
         self.max_inflight = p.int("max_inflight", 32)
-        self._failures = A.count_failures(pb_utils, p.model)
+        A.count_failures(pb_utils, p.model)
         self._slots = threading.BoundedSemaphore(self.max_inflight)
 
     def execute(self, requests) -> None:
@@ -260,7 +260,7 @@ class FrontModel:
         return A.error_response(self.pb, exc, tag_status=self.streaming)
 
     def finalize(self) -> None:
-        pass
+        A.release_triton_objects()
 
 
 def triton_model(pb_utils, streaming: bool) -> type:

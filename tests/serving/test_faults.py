@@ -88,8 +88,8 @@ def test_server_sigkill_leaves_no_process_and_no_shm(tmp_path):
 def test_sigterm_during_a_generation_ends_it_cleanly_and_exits_in_time(tmp_path):
     """SIGTERM to the serving entry point (`make serve`, a container's PID 1) while a generation runs: it drains
     mochi_dit (the running generation stops at a step boundary with a clear error, nothing queued is dropped),
-    then tritonserver shuts down in order: every model's finalize runs, the workers are joined, no process or shm
-    region is left, all well inside Triton's exit timeout."""
+    then tritonserver shuts down in order: every model's finalize runs and its stub exits without a crash, the
+    workers are joined, no process or shm region is left, all well inside Triton's exit timeout."""
     shm_before = set(os.listdir("/dev/shm"))
     wrapper, ports = _serve(tmp_path)
     try:
@@ -122,6 +122,8 @@ def test_sigterm_during_a_generation_ends_it_cleanly_and_exits_in_time(tmp_path)
         assert rc == 0, rc
         text = (tmp_path / "serve.log").read_bytes().decode(errors="replace")
         assert "Exit timeout expired" not in text and "Signal (11)" not in text, text[-3000:]
+        # every stub leaves quietly (one that crashes on its way out prints this, faulthandler is on in each)
+        assert text.count("successfully unloaded") == 5 and "Fatal Python error" not in text, text[-3000:]
         assert wait_for(lambda: not _alive(group), 10), f"left behind: {_alive(group)}"
         assert wait_for(lambda: not (set(os.listdir("/dev/shm")) - shm_before), 10)
     finally:

@@ -206,4 +206,7 @@ class TritonPythonModel:
         return None
 
     def finalize(self):
-        self.engine.close(self.stop_timeout)
+        try:
+            self.engine.close(self.stop_timeout)
+        finally:
+            A.release_triton_objects()

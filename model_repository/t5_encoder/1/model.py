@@ -52,3 +52,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.encoder = None
+        A.release_triton_objects()

@@ -74,3 +74,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.vae = None
+        A.release_triton_objects()
