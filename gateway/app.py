@@ -12,6 +12,8 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,16 +118,16 @@ def job_json(job: Job, runner: Runner) -> dict[str, Any]:
 def create_app(s: Settings) -> FastAPI:
     store = JobStore(s.data_dir)
     runner = Runner(store, s.triton_url, s.workers, s.max_queue, s.retention_s, preview_every=s.preview_every)
-    app = FastAPI(title="Mochi-1 video jobs", docs_url=None, redoc_url=None, openapi_url=None)
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runner.start()  # the job workers live as long as the server
+        try:
+            yield
+        finally:
+            runner.stop()
+
+    app = FastAPI(title="Mochi-1 video jobs", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.store, app.state.runner, app.state.settings = store, runner, s
-
-    @app.on_event("startup")
-    def _start() -> None:
-        runner.start()
-
-    @app.on_event("shutdown")
-    def _stop() -> None:
-        runner.stop()
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError) -> JSONResponse:
