@@ -38,6 +38,7 @@ from mochi_runtime.models.vae import frames_to_uint8
 from mochi_runtime.models.vae_tiling import TilePlan, decode_tiled
 from mochi_runtime.parallel import GroupSpec, Layout, WorkerGroup
 from mochi_runtime.pipeline import MochiPipeline
+from mochi_runtime.serving.adapters import param_env_name
 from mochi_runtime.sampler import CFGVelocity, euler_sample, initial_noise, linear_quadratic_schedule
 from mochi_runtime.validation import CacheMode, GenerationRequest, validate
 from .common import print_table, write_record
@@ -163,46 +164,59 @@ def _metric(url: str, name: str) -> float:
 
 
 @contextmanager
-def triton_source(a) -> Iterator[Generate]:
-    """A real tritonserver on the checkpoint (`mochi`): the DiT group on the first GPUs (T5 and the VAE beside
-    rank 0), or CPU processes."""
-    # tritonclient and the server's supervisor only here: GPU images run the other sources without them
+def triton_server(model_dir: str, layout: str, frames: int, steps: int, *, mp4: bool, work_dir: str | None,
+                  start_timeout: float) -> Iterator[tuple]:
+    """A real tritonserver on the checkpoint, ready: (a gRPC MochiClient, its metrics URL). The DiT group on the
+    first GPUs (T5 and the VAE beside rank 0), or CPU processes; limits raised to the shape asked for."""
+    # tritonclient and the server's supervisor only here: GPU images run the in-process sources without them
     from client.api import MochiClient
     from mochi_runtime.parallel.topology import free_port
     from mochi_runtime.serving.tritonserver import ServerConfig, TritonServer
     from .serving import Deployment
 
-    world = Layout.parse(a.layout).world
+    world = Layout.parse(layout).world
     where = ",".join(str(g) for g in range(world)) if torch.cuda.is_available() else "cpu"
-    env = Deployment.parse(f"{where}@{a.layout}").env()
+    env = Deployment.parse(f"{where}@{layout}").env()
     aux = "cuda:0" if torch.cuda.is_available() else "cpu"
     env.update({"MOCHI_T5_ENCODER_DEVICE": aux, "MOCHI_VAE_DECODER_DEVICE": aux,
-                "MOCHI_VAE_DECODER_ENCODE_MP4": "false" if a.no_mp4 else "true",
-                "MOCHI_MOCHI_MAX_FRAMES": str(a.frames), "MOCHI_MOCHI_DIT_MAX_FRAMES": str(a.frames),
-                "MOCHI_MOCHI_MAX_STEPS": str(max(200, a.steps)), "MOCHI_MOCHI_DIT_MAX_STEPS": str(max(200, a.steps))})
-    work = Path(a.work_dir or "/tmp/mochi-bench-cache")
-    cfg = ServerConfig(model_dir=a.model_dir, http_port=free_port(), grpc_port=free_port(),
+                "MOCHI_VAE_DECODER_ENCODE_MP4": "true" if mp4 else "false"})
+    for model in ("mochi", "mochi_stream", "mochi_dit"):
+        env[param_env_name(model, "max_frames")] = str(frames)
+        env[param_env_name(model, "max_steps")] = str(max(200, steps))
+    work = Path(work_dir or "/tmp/mochi-bench-triton")
+    cfg = ServerConfig(model_dir=model_dir, http_port=free_port(), grpc_port=free_port(),
                        metrics_port=free_port(), work_dir=work / "server", extra_env=env)
     server = TritonServer(cfg).start()
     try:
-        server.wait_ready(timeout=a.start_timeout)
-        metrics = f"http://127.0.0.1:{cfg.metrics_port}/metrics"
-        client = MochiClient(server.grpc_url, "grpc", timeout_s=3600)
+        server.wait_ready(timeout=start_timeout)
+        with MochiClient(server.grpc_url, "grpc", timeout_s=3600) as client:
+            yield client, f"http://127.0.0.1:{cfg.metrics_port}/metrics"
+    finally:
+        server.stop()
+
+
+def dit_seconds(metrics_url: str) -> float:
+    """The server's DiT time so far (mochi_denoise_latency_seconds_sum over its labels)."""
+    return _metric(metrics_url, "mochi_denoise_latency_seconds_sum")
+
+
+@contextmanager
+def triton_source(a) -> Iterator[Generate]:
+    """Each video through `mochi` on a real tritonserver (triton_server)."""
+    with triton_server(a.model_dir, a.layout, a.frames, a.steps, mp4=not a.no_mp4, work_dir=a.work_dir,
+                       start_timeout=a.start_timeout) as (client, metrics):
 
         def generate(request: GenerationRequest) -> dict:
-            dit0 = _metric(metrics, "mochi_denoise_latency_seconds_sum")
+            dit0 = dit_seconds(metrics)
             t0 = time.perf_counter()
             res = client.generate(request.prompt, request.negative_prompt, frames=request.num_frames,
                                   height=request.height, width=request.width, steps=request.steps,
                                   guidance=request.guidance, seed=request.seed, cache=request.cache)
             wall = time.perf_counter() - t0
-            return {"frames": res.video, "dit_s": _metric(metrics, "mochi_denoise_latency_seconds_sum") - dit0,
-                    "latency_s": wall, "steps_skipped": res.steps_skipped, "peak_gib": None}
+            return {"frames": res.video, "dit_s": dit_seconds(metrics) - dit0, "latency_s": wall,
+                    "steps_skipped": res.steps_skipped, "peak_gib": None}
 
         yield generate
-        client.close()
-    finally:
-        server.stop()
 
 
 # -- the run ----------------------------------------------------------------------------------------------------

@@ -367,4 +367,30 @@ def test_preview_cost_benchmark_runs_its_loop_with_and_without_previews(tmp_path
     rec = json.loads(out.read_text())
     none, some = rec["results"]
     assert none["preview_every"] == 0 and some["preview_every"] == 4 and some["previews_per_run"] == 2
+    assert none["previews_per_run"] == 0 and rec["source"] == "in_process"
     assert some["preview_shape"] == [3, 6, 10, 3] and len(rec["runs"]) == 2 and rec["baseline"] == none
+
+
+def test_preview_and_cache_tools_through_a_real_tritonserver(tmp_path, official_dir, monkeypatch):
+    """Both tools' --triton source on the tiny checkpoint: the previews arrive as mochi_stream streams them (steps
+    4 and 8 of 9, none at PREVIEW_EVERY 0) before the video; the cache modes' step counts come back from `mochi`."""
+    from benchmarks import cache, preview
+
+    monkeypatch.setattr(sys, "argv", ["preview"])
+    shape = ["--frames", "13", "--height", "48", "--width", "80"]
+    out = tmp_path / "preview.json"
+    assert preview.main(["--model-dir", str(official_dir), "--triton", *shape, "--steps", "9", "--every", "4",
+                         "--repeats", "1", "--work-dir", str(tmp_path / "p"), "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    none, some = rec["results"]
+    assert rec["source"] == "triton" and none["previews_per_run"] == 0 and some["previews_per_run"] == 2
+    assert some["preview_shape"] == [3, 6, 10, 3]
+    assert 0 < some["first_preview_s"] < some["latency_s"] and none["median_s"] > 0  # the DiT metric moved
+
+    out = tmp_path / "cache.json"
+    assert cache.main(["--model-dir", str(official_dir), "--triton", *shape, "--steps", "6",
+                       "--modes", "off,interval:2", "--work-dir", str(tmp_path / "c"), "--json", str(out)]) == 0
+    off, interval = json.loads(out.read_text())["results"]
+    assert (off["steps_computed"], interval["steps_computed"]) == (6, 4)
+    assert off["psnr_min"] == 100.0 and interval["psnr_mean"] < 100
+    assert 0 < off["dit_s"] < off["latency_s"] and 0 < interval["dit_s"] < interval["latency_s"]
