@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--every", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--no-mp4", action="store_true", help="--triton: the server sends VIDEO only (no PyAV there)")
     ap.add_argument("--start-timeout", type=float, default=900.0)
     ap.add_argument("--work-dir", default=None)
     ap.add_argument("--json", default=None)
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--triton and --model-dir go together")
     shape = {"frames": a.frames, "height": a.height, "width": a.width, "steps": a.steps}
     if a.triton:
-        with triton_server(a.model_dir, a.layout, a.frames, max(a.steps, a.every + 1), mp4=True,
+        with triton_server(a.model_dir, a.layout, a.frames, max(a.steps, a.every + 1), mp4=not a.no_mp4,
                            work_dir=a.work_dir, start_timeout=a.start_timeout) as (client, metrics):
             runs, summary = measure(through_triton(a, client, metrics), a)
         extra = {"source": "triton", "layout": a.layout}
