@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny checkpoints in both layouts, written once per session."""
+"""Shared fixtures: tiny checkpoints in both layouts, written once per test run."""
 from __future__ import annotations
 
 import os

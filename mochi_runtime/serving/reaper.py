@@ -1,13 +1,13 @@
 """Takes a tritonserver down with its supervisor, however the supervisor dies.
 
-tritonserver runs in a process group (and session) of its own, so that the supervisor
+tritonserver runs in a process group of its own (started with setsid), so that the supervisor
 (`serving.tritonserver`) can stop it, its python-backend stubs and their DiT workers
 together. Nothing ties that group to the supervisor's life, though: a supervisor killed
 by SIGKILL (the OOM killer, `kill -9`, a bare-host service manager) would leave the
 server serving on its ports, with its shared-memory regions, as an orphan.
 
-So the supervisor starts this small process beside the server, in a session of its
-own, with a pipe on its stdin whose only writer is the supervisor. When the
+So the supervisor starts this small process beside the server, also under setsid
+(out of both groups), with a pipe on its stdin whose only writer is the supervisor. When the
 supervisor dies, the kernel closes that pipe and the read below returns end-of-file:
 the reaper then stops the server's process group (SIGTERM, SIGKILL after a short
 grace) and removes the run's shm regions and its work directory. A supervisor that

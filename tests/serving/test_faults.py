@@ -153,8 +153,8 @@ def _serve(tmp_path: Path):
 
 def test_supervisor_sigkill_takes_the_server_its_shm_and_its_work_dir_down(tmp_path):
     """SIGKILL of the serving entry point (OOM killer, kill -9, a bare-host service manager): tritonserver runs in
-    its own session, so only the reaper the entry point started beside it (serving/reaper.py) can stop it. Within
-    10 s nothing of the run is left: no server, stub or DiT worker, no shm region of its prefix, no work dir."""
+    its own process group (setsid), so only the reaper the entry point started beside it (serving/reaper.py) can
+    stop it. Within 10 s nothing of the run is left: no server, stub or DiT worker, no shm region of its prefix, no work dir."""
     wrapper, ports = _serve(tmp_path)
     try:
         server_pid = next(p for p in tritonserver_children(wrapper.pid))
