@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mochi_runtime.models.step_cache import StepCache
+from mochi_runtime.models.step_cache import step_cache_for
 from mochi_runtime.models.text_encoder import CFGText
 from mochi_runtime.models.vae import frames_to_uint8
 from mochi_runtime.models.vae_tiling import TilePlan, decode_tiled
@@ -137,8 +137,7 @@ def preset_source(a) -> Iterator[Generate]:
         _, _, y, mask = cfg_inputs(dit.cfg, request.num_frames, request.height, request.width, 64, dev, dtype,
                                    seed=request.seed)
         text = CFGText.from_stacked(y.float(), mask)
-        mode = CacheMode.parse(request.cache)
-        cache = None if mode.kind == "off" else StepCache(mode, request.steps)
+        cache = step_cache_for(request)
         velocity = CFGVelocity(dit, text, request.guidance, cache)
         z = initial_noise(request.seed, request.latent_shape).to(dev)
         _peak_reset()

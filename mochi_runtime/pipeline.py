@@ -17,11 +17,11 @@ import torch
 
 from .loading.loaders import check_text_width, load_dit, load_text_encoder, load_vae, open_model_dir, resolve_device, resolve_dtype
 from .models.dit import AsymmDiT
-from .models.step_cache import StepCache
+from .models.step_cache import step_cache_for
 from .sampler import CFGVelocity, StepCallback, euler_sample, initial_noise, linear_quadratic_schedule
 from .models.text_encoder import CFGText, TextEncoder
 from .timing import StageTimes
-from .validation import CacheMode, GenerationRequest, Limits, validate
+from .validation import GenerationRequest, Limits, validate
 from .models.vae import VAEDecoder, frames_to_uint8
 from .models.vae_tiling import TilePlan, decode_tiled, grid_plan
 
@@ -57,8 +57,7 @@ def run_sampler(dit: AsymmDiT, request: GenerationRequest, text: CFGText, on_ste
         fp32 latents [1, 12, T, H/8, W/8] on CPU (T = (frames - 1) / 6 + 1).
     """
     device = next(dit.parameters()).device
-    mode = CacheMode.parse(request.cache)
-    cache = None if mode.kind == "off" else StepCache(mode, request.steps)
+    cache = step_cache_for(request)
     velocity = CFGVelocity(dit, text.to(device), request.guidance, cache)
     z = initial_noise(request.seed, request.latent_shape).to(device)
     with torch.inference_mode():

@@ -147,6 +147,13 @@ class StepCache:
         return tokens + self.residual
 
 
+def step_cache_for(request, reduce_sum: ReduceSum | None = None) -> StepCache | None:
+    """The StepCache of one generation (a GenerationRequest: its `cache` and `steps`), or None when its mode is
+    off: the sampler then runs exactly as without step caching. reduce_sum: as StepCache's."""
+    mode = CacheMode.parse(request.cache)
+    return None if mode.kind == "off" else StepCache(mode, request.steps, reduce_sum)
+
+
 def tensors_kept(mode: CacheMode) -> int:
     """Activation-sized tensors a generation's cache holds on each rank at once (memory.py counts them): the
     residual; teacache also the last modulated input; fbcache also block 0's last residual and, while the rest

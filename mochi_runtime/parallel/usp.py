@@ -31,10 +31,9 @@ import torch.nn.functional as F
 from ..ops.attention import (LocalJointAttention, TextGroups, attend, attend_with_lse, check_ring_kernel,
                              merge_partials, put_rows)
 from ..models.dit import AsymmDiT
-from ..models.step_cache import StepCache
+from ..models.step_cache import StepCache, step_cache_for
 from ..sampler import guide
 from ..models.text_encoder import CFGText
-from ..validation import CacheMode
 from .topology import ParallelGroups, engine_names
 
 
@@ -241,9 +240,9 @@ class SequenceParallelDiT:
                  cache: StepCache | None = None):
         return self.dit(x, sigma, y_feat, y_mask, sharding=self, cache=cache)
 
-    def step_cache(self, mode: CacheMode, steps: int) -> StepCache | None:
+    def step_cache(self, request) -> StepCache | None:
         """A generation's StepCache whose measures are summed over the whole group (None for mode off)."""
-        return None if mode.kind == "off" else StepCache(mode, steps, self.reduce_sum)
+        return step_cache_for(request, self.reduce_sum)
 
     def reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum t over every rank of the group, in place: over the sp group (the tokens), then over the CFG pair

@@ -22,7 +22,6 @@ from typing import Any, Callable
 
 from ..ops.attention import check_ring_kernel
 from ..errors import Cancelled
-from ..validation import CacheMode
 from .bootstrap import joined
 from .topology import ATTENTION_ENGINES, ParallelGroups, device_for_rank, engine_names
 
@@ -163,7 +162,7 @@ def run_task(model, task: Task, device, should_stop: Callable[[int, int], bool],
     from .usp import ParallelCFGVelocity  # worker only (module docstring)
 
     req = task.request
-    cache = model.step_cache(CacheMode.parse(req.cache), req.steps)
+    cache = model.step_cache(req)
     velocity = ParallelCFGVelocity(model, task.text.to(device), req.guidance, cache)
     flag = torch.zeros(1, dtype=torch.int32)
 

@@ -332,7 +332,7 @@ class SerialMetric:
     threads (mochi_dit's lane threads finish generations side by side). Triton 2.51's python backend then
     crashes the whole server (SIGSEGV in libtriton_python.so): two looping generations on two lanes brought it
     down within 1-5 s in 4 of 4 runs, and with this lock not once in 60 + 150 s, the second run with 118k
-    progress polls beside them (2026-11-28; tests/serving/test_lanes.py keeps the load). Serialised responses alone
+    progress polls beside them (tests/serving/test_lanes.py keeps the load). Serialised responses alone
     did not help; the metric updates are what collide. After release_triton_objects an update does nothing."""
 
     _lock = threading.Lock()  # one per stub process: every adapter's metrics share it

@@ -212,7 +212,6 @@ class DiTEngine:
         if job.generation_id:
             with self._lock:
                 self._jobs.pop(job.generation_id, None)
-            with self._lock:
                 last = self._progress.get(job.generation_id, Progress(0))
             self._publish(job.generation_id, Progress(-1, job.request.steps, time.monotonic() - job.submitted,
                                                       last.skipped))
