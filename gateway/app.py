@@ -87,8 +87,9 @@ def parse_request(body: dict[str, Any], s: Settings) -> dict[str, Any]:
     seed, steps, guidance = number("seed", int), number("steps", int), number("guidance")
     req = GenerationRequest(
         body.get("prompt") or "", body.get("negative_prompt") or "", frames, height, width,
-        s.default_steps if steps is None else steps, 4.5 if guidance is None else guidance,
-        secrets.randbelow(2**31) if seed is None else seed, body.get("cache") or "off")
+        s.default_steps if steps is None else steps,
+        GenerationRequest.guidance if guidance is None else guidance,
+        secrets.randbelow(2**31) if seed is None else seed, body.get("cache") or GenerationRequest.cache)
     try:
         req = validate(req, s.limits)
     except RequestError as e:
@@ -118,6 +119,7 @@ def job_json(job: Job, runner: Runner) -> dict[str, Any]:
 def create_app(s: Settings) -> FastAPI:
     store = JobStore(s.data_dir)
     runner = Runner(store, s.triton_url, s.workers, s.max_queue, s.retention_s, preview_every=s.preview_every)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         runner.start()  # the job workers live as long as the server

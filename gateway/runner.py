@@ -14,7 +14,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-
 import numpy as np
 
 from client.api import Cancelled, MochiClient
